@@ -1,0 +1,138 @@
+"""The model contract. Every adapter in ``models/`` (and every vendor model) is a subclass.
+
+Contract, as the registry and the suite read it:
+
+- ``name``: unique, lower-case, hyphenated (``unet-ct``); it starts every case id.
+- ``prompt_kind``: what the model is given per scan: ``none`` (automatic: one pass segments
+  every organ), ``box``, ``points`` or ``text`` (one call per organ).
+- ``organs``: canonical organs it can segment; cases are generated for these only.
+- ``modalities_claimed``: arms the model says it supports. The suite runs every arm anyway (that
+  is the audit); the report marks claimed and unclaimed results.
+- ``tier``: how real the weights exercised here are (see :class:`Tier`).
+- ``literature``: published Dice per arm with its citation, for the report's gap table.
+- ``check_available(device)``: raise :class:`ModelUnavailable` with the reason *and the fix*
+  when a package, weights or CUDA are missing; the case is then skipped, never passed.
+- ``load(device)``: build the network and read weights (``torch.load(weights_only=True)`` or
+  safetensors); called once per worker.
+- ``predict(image, modality, prompt)``: an integer label map **on the image's grid** (same
+  shape, same affine). Automatic models return ``label_ids[organ]`` values; promptable models
+  return a binary mask (1 = the prompted organ).
+
+Images arrive as :class:`~umdbench.volume.Volume` (float32 voxels + affine in RAS+ mm), in
+whatever orientation and spacing the scan has: resampling and reorientation are the model's
+preprocessing, and so is mapping the output back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+import numpy as np
+
+from umdbench.prompts import Prompt
+from umdbench.volume import Volume
+
+__all__ = [
+    "LiteratureClaim",
+    "ModelUnavailable",
+    "PromptKind",
+    "SegmentationModel",
+    "Tier",
+    "file_sha256",
+]
+
+
+class PromptKind(str, Enum):
+    NONE = "none"
+    BOX = "box"
+    POINTS = "points"
+    TEXT = "text"
+
+
+class Tier(str, Enum):
+    """How real the model run here is."""
+
+    REAL_WEIGHTS = "real-weights"  # the published weights, exercised here
+    TRAINED_HERE = "trained-here"  # weights made by this repository's scripts
+    RANDOM_WEIGHTS = "random-weights"  # real architecture; real weights only on a user's machine
+    USER_CODE = "user-code"  # code and weights the user provides
+    CLASSICAL = "classical"  # no learned weights
+
+
+@dataclass(frozen=True)
+class LiteratureClaim:
+    """A published Dice figure, with where it was published."""
+
+    dice: float
+    citation: str
+
+
+class ModelUnavailable(Exception):
+    """The model cannot run here; the message says why and how to fix it."""
+
+
+class SegmentationModel(ABC):
+    """Base class of every adapter; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    prompt_kind: ClassVar[PromptKind] = PromptKind.NONE
+    organs: ClassVar[tuple[str, ...]] = ()
+    modalities_claimed: ClassVar[tuple[str, ...]] = ()
+    tier: ClassVar[Tier] = Tier.USER_CODE
+    literature: ClassVar[Mapping[str, LiteratureClaim]] = {}
+    #: Canonical organ -> value in the label map ``predict`` returns (automatic models).
+    label_ids: ClassVar[Mapping[str, int]] = {}
+    #: Prompt protocols the suite runs for this model (promptable models; part of the case id).
+    protocols: ClassVar[tuple[str, ...]] = ()
+
+    def check_available(self, device: str) -> None:
+        """Raise :class:`ModelUnavailable` when this model cannot run on ``device`` here."""
+
+    @abstractmethod
+    def load(self, device: str) -> None:
+        """Build the model on ``device`` and read its weights."""
+
+    @abstractmethod
+    def predict(self, image: Volume, modality: str, prompt: Prompt | None) -> np.ndarray:
+        """A label map on ``image``'s grid (see the module docstring)."""
+
+    def weights_id(self) -> str:
+        """A short content hash of the weights (provenance and cache key); ``none`` if none."""
+        return "none"
+
+    def output_value(self, organ: str) -> int:
+        """The value that marks ``organ`` in this model's predictions."""
+        if self.prompt_kind is PromptKind.NONE:
+            return int(self.label_ids[organ])
+        return 1
+
+    @classmethod
+    def metadata(cls) -> dict[str, object]:
+        """What the results file and the README's model table say about this model."""
+        return {
+            "name": cls.name,
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "prompt_kind": cls.prompt_kind.value,
+            "protocols": list(cls.protocols),
+            "organs": list(cls.organs),
+            "modalities_claimed": list(cls.modalities_claimed),
+            "tier": cls.tier.value,
+            "literature": {
+                arm: {"dice": claim.dice, "citation": claim.citation}
+                for arm, claim in cls.literature.items()
+            },
+        }
+
+
+def file_sha256(path: str, length: int = 16) -> str:
+    """Hex digest prefix of a file, streamed (weights can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]

@@ -1,0 +1,2 @@
+"""umdbench core."""
+__version__ = "0.1.0"

@@ -1,0 +1,105 @@
+"""Cohorts: subjects x modality arms, each scan an image plus an organ label file.
+
+Every data source (the built-in synthetic cohort, a manifest, the real samples) ends as a
+:class:`Cohort`; the suite reads nothing else. Label values are mapped to canonical organs here,
+once, so no model or metric ever sees a dataset's own label ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from umdbench.organs import MODALITIES, check_modality
+from umdbench.volume import Volume, load_volume
+
+__all__ = ["Cohort", "Scan"]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One image of one subject in one arm, with its organ labels.
+
+    ``label_map`` maps a canonical organ to the label values that make it in ``labels`` (several
+    values merge, e.g. five lung lobes make ``lung``). Image and labels share world space; the
+    labels may sit on another grid when ``labels_grid_may_differ`` (resampled by affine).
+    """
+
+    subject: str
+    session: str
+    modality: str
+    image: Path
+    labels: Path
+    label_map: Mapping[str, tuple[int, ...]]
+    labels_grid_may_differ: bool = False
+
+    def __post_init__(self) -> None:
+        check_modality(self.modality)
+
+    @property
+    def key(self) -> str:
+        """A name unique within a cohort, used in messages and records."""
+        return f"{self.subject}/{self.modality}"
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        return tuple(self.label_map)
+
+    def load_image(self) -> Volume:
+        return load_volume(self.image, dtype=np.float32)
+
+    def load_labels(self) -> Volume:
+        return load_volume(self.labels)
+
+    def organ_mask(self, labels: Volume, organ: str) -> np.ndarray:
+        """Boolean mask of ``organ`` in a label volume read from this scan's label file."""
+        if organ not in self.label_map:
+            raise KeyError(f"{self.key}: no label for organ {organ!r} in {self.labels}")
+        return np.isin(labels.array, np.asarray(self.label_map[organ]))
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A named set of scans plus the provenance that made it (seed, source, version)."""
+
+    name: str
+    scans: tuple[Scan, ...]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        keys = [scan.key for scan in self.scans]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"cohort {self.name!r} lists a scan twice: {', '.join(duplicates)}")
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(scan.subject for scan in self.scans))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        present = {scan.modality for scan in self.scans}
+        return tuple(m for m in MODALITIES if m in present)
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(o for scan in self.scans for o in scan.organs))
+
+    def scans_of(self, modality: str) -> tuple[Scan, ...]:
+        return tuple(scan for scan in self.scans if scan.modality == modality)
+
+    def scan(self, subject: str, modality: str) -> Scan:
+        for scan in self.scans:
+            if scan.subject == subject and scan.modality == modality:
+                return scan
+        raise KeyError(f"cohort {self.name!r} has no {modality} scan of subject {subject!r}")
+
+    def restricted(self, modalities: Iterable[str] | None = None) -> Cohort:
+        """The same cohort holding only the given arms."""
+        keep = set(modalities) if modalities is not None else set(MODALITIES)
+        scans = tuple(scan for scan in self.scans if scan.modality in keep)
+        return Cohort(self.name, scans, self.provenance)

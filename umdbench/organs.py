@@ -1,0 +1,51 @@
+"""Canonical organ and modality names: the one vocabulary every cohort, model and report uses."""
+
+from __future__ import annotations
+
+__all__ = ["CANONICAL_ORGANS", "MODALITIES", "PAIRED_COMPARISONS", "check_modality", "check_organ"]
+
+#: The study's 13 paired target organs (UMD, Zhang et al. 2026), in report order.
+CANONICAL_ORGANS: tuple[str, ...] = (
+    "liver",
+    "kidney_left",
+    "kidney_right",
+    "spleen",
+    "heart",
+    "aorta",
+    "lung",
+    "brain",
+    "colon",
+    "urinary_bladder",
+    "pancreas",
+    "esophagus",
+    "stomach",
+)
+
+#: The four arms of a subject: two sessions (PET/CT and PET/MRI), two images each.
+MODALITIES: tuple[str, ...] = ("CT", "PET_CT", "MRI", "PET_MRI")
+
+#: The intra-subject comparisons the study makes: same anatomy, other physics.
+PAIRED_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("CT", "PET_CT"),
+    ("MRI", "PET_MRI"),
+    ("CT", "MRI"),
+    ("PET_CT", "PET_MRI"),
+)
+
+
+def check_modality(name: str) -> str:
+    """Return ``name`` if it is a known arm; the error lists the arms."""
+    if name not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {name!r}")
+    return name
+
+
+def check_organ(name: str, known: tuple[str, ...] = CANONICAL_ORGANS) -> str:
+    """Return ``name`` if it is a known organ; the error suggests the closest names."""
+    if name in known:
+        return name
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"organ must be one of the canonical organs, got {name!r}{hint}")

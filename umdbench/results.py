@@ -1,0 +1,150 @@
+"""The results file: everything a report is rendered from, and nothing a report needs besides.
+
+Schema (``schema_version`` 1), one JSON object:
+
+- ``schema_version``, ``created`` (ISO 8601 UTC), ``umdbench_version``;
+- ``run``: ``options`` (the ``--umd-*`` values), ``environment`` (python, numpy, torch, monai
+  versions, platform, device, GPU name), ``cohort`` (``name``, ``provenance``, ``subjects``,
+  ``modalities``, ``organs``), ``policy`` (path and rules);
+- ``models``: name -> the model's ``metadata()`` plus ``weights_id`` and ``origin``;
+- ``cases``: one per case id (``model``, ``modality``, ``organ``, ``protocol`` or null,
+  ``outcome`` passed / failed / skipped / error, ``metric``, ``threshold``, ``rule``, ``value``
+  (mean over valid subjects), ``n_valid``, ``n_empty_reference``, ``n_errors``, ``message``,
+  ``worker``, ``duration_s``);
+- ``records``: one per (case, subject): ``case_id``, ``model``, ``modality``, ``organ``,
+  ``protocol``, ``subject``, ``session``, ``scan``, ``image``, ``labels``, ``status`` (ok /
+  empty_reference / error), the metric figures (``dice``, ``tp``, ``fp``, ``fn``, ``n_ref``,
+  ``n_pred`` and whatever else the metrics engine gives), ``spacing``, ``inference_seconds``,
+  ``prediction_reused`` (true when another organ case's pass was reused: do not count its time
+  twice), ``device``, ``prompt`` (or null), ``error`` (or null).
+
+NaN is written as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "environment_info",
+    "finite_or_none",
+    "merge_results",
+    "read_results",
+    "write_results",
+]
+
+SCHEMA_VERSION = 1
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: write missing figures as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()  # numpy scalars
+    return finite_or_none(obj)
+
+
+def environment_info(device: str) -> dict[str, Any]:
+    """Versions and hardware that produced a run, attached to every results file."""
+    import numpy
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "device": device,
+    }
+    try:
+        import monai
+
+        info["monai"] = monai.__version__
+    except ImportError:  # pragma: no cover - monai is a dependency
+        info["monai"] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_results(
+    path: str | Path,
+    *,
+    run: Mapping[str, Any],
+    models: Mapping[str, Any],
+    cases: Iterable[Mapping[str, Any]],
+    records: Iterable[Mapping[str, Any]],
+) -> Path:
+    """Write one results file, cases and records sorted so two runs diff cleanly."""
+    from umdbench import __version__
+
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "umdbench_version": __version__,
+        "run": dict(run),
+        "models": dict(models),
+        "cases": sorted(cases, key=lambda c: c["case_id"]),
+        "records": sorted(records, key=lambda r: (r["case_id"], r["subject"])),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(document), indent=1, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read a results file, refusing a schema this version does not know."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"results file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a results file (invalid JSON: {error})") from error
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has results schema_version {version!r}; this umdbench reads {SCHEMA_VERSION}"
+        )
+    return document  # type: ignore[no-any-return]
+
+
+def merge_results(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Join results of separate runs (shards); a case id in two of them is an error."""
+    documents = list(documents)
+    if not documents:
+        raise ValueError("merge_results needs at least one results document")
+    cases: dict[str, Any] = {}
+    records: list[Any] = []
+    models: dict[str, Any] = {}
+    for document in documents:
+        for case in document["cases"]:
+            if case["case_id"] in cases:
+                raise ValueError(f"case {case['case_id']} appears in two results files")
+            cases[case["case_id"]] = case
+        records.extend(document["records"])
+        models.update(document["models"])
+    merged = dict(documents[0])
+    merged["cases"] = sorted(cases.values(), key=lambda c: c["case_id"])
+    merged["records"] = sorted(records, key=lambda r: (r["case_id"], r["subject"]))
+    merged["models"] = models
+    return merged
