@@ -26,10 +26,12 @@ preprocessing, and so is mapping the output back.
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -44,6 +46,7 @@ __all__ = [
     "SegmentationModel",
     "Tier",
     "file_sha256",
+    "weights_root",
 ]
 
 
@@ -136,3 +139,13 @@ def file_sha256(path: str, length: int = 16) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:length]
+
+
+def weights_root() -> Path | None:
+    """The folder the user keeps model weights in (``--umd-weights`` or ``UMD_WEIGHTS``).
+
+    Adapters look for their files below ``weights_root() / <model name>``; nothing is ever
+    downloaded.
+    """
+    value = os.environ.get("UMD_WEIGHTS")
+    return Path(value).expanduser() if value else None

@@ -17,7 +17,7 @@ import numpy as np
 from umdbench.organs import MODALITIES, check_modality
 from umdbench.volume import Volume, load_volume
 
-__all__ = ["Cohort", "Scan"]
+__all__ = ["Cohort", "Scan", "ScanLoader"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,24 @@ class Cohort:
         keep = set(modalities) if modalities is not None else set(MODALITIES)
         scans = tuple(scan for scan in self.scans if scan.modality in keep)
         return Cohort(self.name, scans, self.provenance)
+
+
+class ScanLoader:
+    """Reads a scan's image and its labels *on the image's grid*.
+
+    The plain loader reads NIfTI through nibabel each time and refuses labels on another grid;
+    ``umdbench.data`` provides a cached loader that also resamples labels by affine.
+    """
+
+    def image(self, scan: Scan) -> Volume:
+        return scan.load_image()
+
+    def labels(self, scan: Scan) -> Volume:
+        image, labels = scan.load_image(), scan.load_labels()
+        if not image.same_grid(labels):
+            raise ValueError(
+                f"{scan.key}: labels {scan.labels} (shape {labels.shape}) are not on the grid of"
+                f" image {scan.image} (shape {image.shape}); resample them, or use a loader"
+                " that does (umdbench.data)"
+            )
+        return labels
