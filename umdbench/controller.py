@@ -1,0 +1,173 @@
+"""The controller's side of a run: gather what the workers report, write it, sum it up.
+
+Workers attach a case's summary and per-subject records to the test report through
+``record_property`` (pytest-benchmark is off under xdist, so the suite measures and ships its own
+timings this way); xdist sends reports to the controller, where :meth:`Controller.
+pytest_runtest_logreport` receives them. Without xdist the same hook sees the same reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from umdbench.cases import parse_case_id
+from umdbench.results import environment_info, write_results
+from umdbench.session import UmdSession
+
+__all__ = ["CASE_PROPERTY", "GAP_PROPERTY", "RECORDS_PROPERTY", "Controller"]
+
+CASE_PROPERTY = "umd_case"
+RECORDS_PROPERTY = "umd_records"
+GAP_PROPERTY = "umd_gap"
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.when != "call" and report.failed:
+        return "error"
+    return report.outcome
+
+
+class Controller:
+    """Registered as a plugin on the controller process only."""
+
+    def __init__(self, session: UmdSession) -> None:
+        self.session = session
+        self.cases: dict[str, dict[str, Any]] = {}
+        self.records: list[dict[str, Any]] = []
+        self.gaps: dict[str, dict[str, Any]] = {}
+        self.results_path: Any = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        properties = dict(report.user_properties)
+        if CASE_PROPERTY in properties:
+            self._take_case(report, properties)
+        elif GAP_PROPERTY in properties:
+            gap = dict(properties[GAP_PROPERTY])
+            gap["outcome"] = _outcome(report)
+            self.gaps[gap["gap_id"]] = gap
+        elif report.failed and "test_segmentation[" in report.nodeid:
+            self._take_crashed_case(report)
+
+    def _take_case(self, report: pytest.TestReport, properties: dict[str, Any]) -> None:
+        if report.when == "teardown" and report.passed:
+            return
+        case = dict(properties[CASE_PROPERTY])
+        case["outcome"] = _outcome(report)
+        case["duration_s"] = round(report.duration, 4)
+        if report.failed or report.skipped:
+            case["message"] = _long_text(report)
+        if case["case_id"] not in self.cases:
+            self.records.extend(properties.get(RECORDS_PROPERTY, []))
+        self.cases[case["case_id"]] = case
+
+    def _take_crashed_case(self, report: pytest.TestReport) -> None:
+        """A case that failed before it could record anything (a fixture error, a crash)."""
+        case_id = report.nodeid.partition("[")[2].rstrip("]")
+        if case_id in self.cases:
+            return
+        try:
+            case = parse_case_id(case_id)
+        except ValueError:
+            return
+        self.cases[case_id] = {
+            "case_id": case_id, "model": case.model, "modality": case.modality,
+            "organ": case.organ, "protocol": case.protocol, "outcome": "error",
+            "value": None, "n_valid": 0, "n_empty_reference": 0, "n_errors": 0,
+            "message": _long_text(report), "duration_s": round(report.duration, 4),
+        }
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.cases:
+            return
+        self.results_path = write_results(
+            self.session.options.results,
+            run=self._run_info(),
+            models=self._models_info(),
+            cases=list(self.cases.values()),
+            records=self.records,
+        )
+
+    def _run_info(self) -> dict[str, Any]:
+        cohort = self.session.cohort()
+        from umdbench.devices import resolve_device
+
+        info: dict[str, Any] = {
+            "options": self.session.options.recorded(),
+            "environment": environment_info(resolve_device(self.session.options.device)),
+            "policy": self.session.policy.describe(),
+            "gaps": sorted(self.gaps.values(), key=lambda g: g["gap_id"]),
+        }
+        if cohort is not None:
+            info["cohort"] = {
+                "name": cohort.name,
+                "provenance": dict(cohort.provenance),
+                "subjects": list(cohort.subjects),
+                "modalities": list(cohort.modalities),
+                "organs": list(cohort.organs),
+            }
+        return info
+
+    def _models_info(self) -> dict[str, Any]:
+        registry = self.session.registry
+        models: dict[str, Any] = {}
+        for name in sorted({case["model"] for case in self.cases.values()}):
+            try:
+                cls = registry.get(name)
+            except KeyError:
+                continue
+            info = cls.metadata()
+            info["origin"] = registry.origin(name)
+            weights = {r.get("weights_id") for r in self.records if r["model"] == name} - {None}
+            info["weights_id"] = sorted(weights)[0] if len(weights) == 1 else sorted(weights)
+            models[name] = info
+        return models
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.cases:
+            return
+        for line in summary_table(list(self.cases.values())):
+            terminalreporter.write_line(line)
+        if self.results_path is not None:
+            terminalreporter.write_line(f"umdbench results: {self.results_path}")
+
+
+def _long_text(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    return str(report.longreprtext or "")[-2000:]
+
+
+def summary_table(cases: list[dict[str, Any]]) -> list[str]:
+    """Model x modality: mean of the cases' figures, and passed/failed/other counts."""
+    arms = ("CT", "PET_CT", "MRI", "PET_MRI")
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for case in cases:
+        cells[(case["model"], case["modality"])].append(case)
+    models = sorted({model for model, _ in cells})
+    present = [arm for arm in arms if any((m, arm) in cells for m in models)]
+    width = max([len(m) for m in models] + [5])
+    lines = ["", "umdbench: mean Dice per model and arm (passed/failed/other cases)"]
+    lines.append(" " * width + "".join(f" {arm:>18}" for arm in present))
+    for model in models:
+        row = f"{model:<{width}}"
+        for arm in present:
+            row += f" {_cell(cells.get((model, arm), [])):>18}"
+        lines.append(row)
+    return lines
+
+
+def _cell(cases: list[dict[str, Any]]) -> str:
+    if not cases:
+        return "-"
+    values = [c["value"] for c in cases if isinstance(c.get("value"), (int, float)) and math.isfinite(c["value"])]
+    passed = sum(c["outcome"] in ("passed", "xpassed") for c in cases)
+    failed = sum(c["outcome"] == "failed" for c in cases)
+    other = len(cases) - passed - failed
+    mean = f"{sum(values) / len(values):.3f}" if values else "  n/a"
+    return f"{mean} ({passed}/{failed}/{other})"

@@ -1,0 +1,147 @@
+"""The pytest plugin: ``--umd-*`` options, the case matrix, xdist scheduling, results at the end.
+
+Registered through the ``pytest11`` entry point, so it is active wherever umdbench is installed;
+it parametrizes only tests that ask for the ``umd_case`` fixture. Options are read once into a
+:class:`~umdbench.session.UmdSession` kept in ``config.stash``. On the controller process (the
+only process without xdist, or xdist's controller) a :class:`~umdbench.controller.Controller`
+is registered too: it gathers every report's records and writes the results at session end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from umdbench.session import UmdOptions, UmdSession
+
+__all__ = ["session_of"]
+
+SESSION_KEY = pytest.StashKey[UmdSession]()
+
+
+def session_of(config: pytest.Config) -> UmdSession:
+    """The run's :class:`UmdSession` (options, cohort, policy, runner)."""
+    return config.stash[SESSION_KEY]
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("umdbench", "umdbench: audit segmentation models across modalities")
+    add = group.addoption
+    add("--umd-device", metavar="DEVICE", default="auto",
+        help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N. Default: auto.")
+    add("--umd-models", metavar="PATTERNS", type=_csv, default=["*"],
+        help="comma-separated model names or fnmatch patterns to audit. Default: all.")
+    add("--umd-skip-models", metavar="PATTERNS", type=_csv, default=[],
+        help="comma-separated model names or patterns to leave out. Default: none.")
+    add("--umd-model", metavar="MODULE:CLASS", action="append", default=[],
+        help="add a model class without editing the suite (repeatable).")
+    add("--umd-modalities", metavar="ARMS", type=_csv, default=None,
+        help="comma-separated arms among CT,PET_CT,MRI,PET_MRI. Default: every arm of the cohort.")
+    add("--umd-organs", metavar="ORGANS", type=_csv, default=None,
+        help="comma-separated canonical organs. Default: every organ of the cohort.")
+    add("--umd-cohort", metavar="NAME", default="synthetic", choices=["synthetic"],
+        help="built-in cohort to audit when no --umd-dataset is given. Default: synthetic.")
+    add("--umd-subjects", metavar="N", type=_positive_int, default=8,
+        help="subjects in the built-in synthetic cohort. Default: 8.")
+    add("--umd-seed", metavar="SEED", type=int, default=0,
+        help="seed of the built-in synthetic cohort. Default: 0.")
+    add("--umd-dataset", metavar="PATH", default=None,
+        help="audit a real dataset: a manifest file, a dataset folder, or samples / semireal.")
+    add("--umd-results", metavar="FILE", type=Path, default=None,
+        help="where the merged results JSON goes. Default: umd-results/results.json in rootdir.")
+    add("--umd-policy", metavar="FILE", type=Path, default=None,
+        help="TOML policy whose rules are added after the defaults. Default: built-in policy.")
+    add("--umd-weights", metavar="DIR", type=Path, default=None,
+        help="folder with model weights (or set UMD_WEIGHTS). Default: none.")
+    add("--umd-cache", metavar="DIR", type=Path, default=None,
+        help="cohort and decoded-volume cache. Default: $UMD_CACHE_DIR or ~/.cache/umdbench.")
+    add("--umd-prediction-cache", metavar="DIR", type=Path, default=None,
+        help="keep predictions here across runs. Default: a temporary folder for this run.")
+    add("--umd-threads", metavar="N", type=_positive_int, default=None,
+        help="torch CPU threads per process. Default: CPU cores divided by xdist workers.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "speed: a pytest-benchmark timing benchmark (run with -n 0)")
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        from umdbench.devices import pin_worker_gpu
+
+        pin_worker_gpu(workerinput.get("workerid"))  # before anything initialises CUDA
+    options = UmdOptions.from_config(config, workerinput)
+    session = UmdSession(options, is_controller=workerinput is None)
+    config.stash[SESSION_KEY] = session
+    _limit_threads(options.threads, workerinput)
+    if session.is_controller:
+        from umdbench.controller import Controller
+
+        config.pluginmanager.register(Controller(session), "umdbench-controller")
+
+
+def _limit_threads(threads: int | None, workerinput: dict[str, Any] | None) -> None:
+    """With N workers on C cores each worker gets C // N threads, so they do not thrash."""
+    if threads is None and workerinput is None:
+        return
+    if threads is None:
+        count = int(workerinput.get("workercount", 1)) if workerinput else 1
+        threads = max(1, (os.cpu_count() or 1) // count)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: hand each worker the shared prediction folder."""
+    node.workerinput["umd_prediction_dir"] = str(session_of(node.config).prediction_dir())
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` means one worker per GPU on a GPU machine (xdist's default otherwise)."""
+    from umdbench.devices import visible_gpu_ids
+
+    return len(visible_gpu_ids()) or None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """For ``--dist load`` (the default) and ``loadscope``: keep each (model, modality) group of
+    cases on one worker, so a scan's prediction is made once; other tests are spread as usual."""
+    if config.getoption("dist") not in ("load", "loadscope"):
+        return None
+    from umdbench.scheduling import CaseGroupScheduling
+
+    return CaseGroupScheduling(config, log)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "umd_case" in metafunc.fixturenames:
+        cases = session_of(metafunc.config).cases()
+        metafunc.parametrize("umd_case", cases, ids=[case.id for case in cases])
+    if "umd_gap" in metafunc.fixturenames:
+        gaps = session_of(metafunc.config).gap_cases()
+        metafunc.parametrize("umd_gap", gaps, ids=[gap.id for gap in gaps])
+
+
+@pytest.fixture(scope="session")
+def umd_session(request: pytest.FixtureRequest) -> UmdSession:
+    """The run's options, cohort, policy and case runner."""
+    return session_of(request.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None and session.is_controller:
+        session.cleanup()

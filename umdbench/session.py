@@ -1,0 +1,258 @@
+"""One run's state: its options, cohort, policy, models, case matrix and case runner.
+
+Built once per process in ``pytest_configure`` and kept in ``config.stash``. Everything heavy
+(the cohort, models) is made lazily, on first use, so ``pytest --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from umdbench.cases import Case, GapCase, build_cases
+from umdbench.cohort import Cohort, ScanLoader
+from umdbench.organs import CANONICAL_ORGANS, MODALITIES, PAIRED_COMPARISONS
+from umdbench.policy import Policy, load_policy
+from umdbench.prediction_cache import PredictionCache
+from umdbench.registry import ModelRegistry
+
+__all__ = ["UmdOptions", "UmdSession", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``$UMD_CACHE_DIR`` or ``~/.cache/umdbench``: cohorts and decoded volumes live here."""
+    return Path(os.environ.get("UMD_CACHE_DIR", Path.home() / ".cache" / "umdbench")).expanduser()
+
+
+@dataclass
+class UmdOptions:
+    """The ``--umd-*`` options, parsed once."""
+
+    device: str = "auto"
+    models: list[str] = field(default_factory=lambda: ["*"])
+    skip_models: list[str] = field(default_factory=list)
+    extra_models: list[str] = field(default_factory=list)
+    modalities: list[str] | None = None
+    organs: list[str] | None = None
+    cohort: str = "synthetic"
+    subjects: int = 8
+    seed: int = 0
+    dataset: str | None = None
+    results: Path = Path("umd-results/results.json")
+    policy: Path | None = None
+    weights: Path | None = None
+    cache: Path = field(default_factory=default_cache_dir)
+    prediction_dir: Path | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config, workerinput: dict[str, Any] | None) -> UmdOptions:
+        get = config.getoption
+        results = get("umd_results") or config.rootpath / "umd-results" / "results.json"
+        prediction_dir = get("umd_prediction_cache")
+        if prediction_dir is None and workerinput and workerinput.get("umd_prediction_dir"):
+            prediction_dir = Path(workerinput["umd_prediction_dir"])
+        options = cls(
+            device=get("umd_device"),
+            models=get("umd_models"),
+            skip_models=get("umd_skip_models"),
+            extra_models=get("umd_model"),
+            modalities=get("umd_modalities"),
+            organs=get("umd_organs"),
+            cohort=get("umd_cohort"),
+            subjects=get("umd_subjects"),
+            seed=get("umd_seed"),
+            dataset=get("umd_dataset"),
+            results=Path(results),
+            policy=get("umd_policy"),
+            weights=get("umd_weights"),
+            cache=get("umd_cache") or default_cache_dir(),
+            prediction_dir=prediction_dir,
+            threads=get("umd_threads"),
+        )
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        """Refuse impossible values before any work, with the accepted values in the message."""
+        for arm in self.modalities or []:
+            if arm not in MODALITIES:
+                raise pytest.UsageError(f"--umd-modalities must name arms among {', '.join(MODALITIES)}, got {arm!r}")
+        for organ in self.organs or []:
+            if organ not in CANONICAL_ORGANS:
+                close = difflib.get_close_matches(organ, CANONICAL_ORGANS, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise pytest.UsageError(f"--umd-organs must name canonical organs, got {organ!r}{hint}")
+        if self.policy is not None and not self.policy.is_file():
+            raise pytest.UsageError(f"--umd-policy file not found: {self.policy}")
+        if self.weights is not None:
+            if not self.weights.is_dir():
+                raise pytest.UsageError(f"--umd-weights must be a folder, got {self.weights}")
+            os.environ["UMD_WEIGHTS"] = str(self.weights)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as written into the results file."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()}
+
+
+class DatasetUnavailable(Exception):
+    """The dataset asked for is not on this machine (e.g. ../shared/samples is absent)."""
+
+
+class UmdSession:
+    """Lazily built cohort, registry, policy and runner for one process."""
+
+    def __init__(self, options: UmdOptions, is_controller: bool) -> None:
+        self.options = options
+        self.is_controller = is_controller
+        self._cohort: Cohort | None = None
+        self._cohort_error: str | None = None
+        self._registry: ModelRegistry | None = None
+        self._policy: Policy | None = None
+        self._runner: Any = None
+        self._owned_prediction_dir: Path | None = None
+
+    # -- what the run is about ------------------------------------------------------------
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            try:
+                self._registry = ModelRegistry(self.options.extra_models)
+            except (ValueError, TypeError) as error:
+                raise pytest.UsageError(str(error)) from error
+        return self._registry
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            try:
+                self._policy = load_policy(self.options.policy)
+            except (ValueError, FileNotFoundError) as error:
+                raise pytest.UsageError(str(error)) from error
+        return self._policy
+
+    def cohort(self) -> Cohort | None:
+        """The cohort, or None when the dataset is unavailable here (see ``cohort_error``)."""
+        if self._cohort is None and self._cohort_error is None:
+            try:
+                self._cohort = self._open_cohort()
+            except DatasetUnavailable as error:
+                self._cohort_error = str(error)
+        return self._cohort
+
+    @property
+    def cohort_error(self) -> str | None:
+        return self._cohort_error
+
+    def _open_cohort(self) -> Cohort:
+        if self.options.dataset is not None:
+            return _open_dataset(self.options.dataset, self.options.cache)
+        from umdbench.umd_fixtures.synthetic import build_synthetic_cohort
+
+        return build_synthetic_cohort(
+            n_subjects=self.options.subjects, seed=self.options.seed, cache_dir=self.options.cache
+        )
+
+    def model_names(self) -> list[str]:
+        try:
+            return self.registry.select(self.options.models, self.options.skip_models)
+        except KeyError as error:
+            raise pytest.UsageError(f"--umd-models: {error.args[0]}") from error
+
+    def _selected(self, available: tuple[str, ...], chosen: list[str] | None) -> list[str]:
+        return [x for x in available if chosen is None or x in chosen]
+
+    def cases(self) -> list[Any]:
+        """The case matrix, or one skipped placeholder that says why there is none."""
+        cohort = self.cohort()
+        if cohort is None:
+            return [pytest.param(None, marks=pytest.mark.skip(reason=self._cohort_error), id="dataset-unavailable")]
+        models = [self.registry.get(name) for name in self.model_names()]
+        return build_cases(
+            [(m.name, m.organs, m.protocols) for m in models],
+            self._selected(cohort.modalities, self.options.modalities),
+            self._selected(cohort.organs, self.options.organs),
+        )
+
+    def gap_cases(self) -> list[Any]:
+        """Every (model, organ, arm pair) with both arms in the cohort."""
+        cohort = self.cohort()
+        if cohort is None:
+            return [pytest.param(None, marks=pytest.mark.skip(reason=self._cohort_error), id="dataset-unavailable")]
+        arms = self._selected(cohort.modalities, self.options.modalities)
+        organs = self._selected(cohort.organs, self.options.organs)
+        gaps = []
+        for name in self.model_names():
+            model = self.registry.get(name)
+            for organ in (o for o in organs if o in model.organs):
+                for a, b in PAIRED_COMPARISONS:
+                    if a in arms and b in arms:
+                        for protocol in model.protocols or (None,):
+                            gaps.append(GapCase(name, organ, a, b, protocol))
+        return gaps
+
+    # -- running ----------------------------------------------------------------------------
+    def prediction_dir(self) -> Path:
+        """The folder every process of this run shares predictions through."""
+        if self.options.prediction_dir is None:
+            self._owned_prediction_dir = Path(tempfile.mkdtemp(prefix="umd-predictions-"))
+            self.options.prediction_dir = self._owned_prediction_dir
+        return self.options.prediction_dir
+
+    def cleanup(self) -> None:
+        if self._owned_prediction_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._owned_prediction_dir, ignore_errors=True)
+
+    @property
+    def runner(self) -> Any:
+        if self._runner is None:
+            from umdbench.devices import resolve_device
+            from umdbench.runner import CaseRunner
+
+            cohort = self.cohort()
+            if cohort is None:
+                raise DatasetUnavailable(self._cohort_error or "no cohort")
+            self._runner = CaseRunner(
+                cohort,
+                self.registry,
+                resolve_device(self.options.device),
+                PredictionCache(self.prediction_dir()),
+                loader=_scan_loader(self.options.cache),
+            )
+        return self._runner
+
+    def run_case(self, case: Case) -> Any:
+        """Evaluate one case (a :class:`~umdbench.runner.CaseOutcome`)."""
+        threshold = self.policy.threshold(case.model, case.modality, case.organ)
+        return self.runner.run_case(case, threshold)
+
+
+def _open_dataset(spec: str, cache: Path) -> Cohort:
+    try:
+        from umdbench.data import DatasetUnavailable as DataUnavailable
+        from umdbench.data import open_dataset
+    except ImportError as error:  # pragma: no cover - the data package ships with umdbench
+        raise pytest.UsageError(f"--umd-dataset needs umdbench.data: {error}") from error
+    try:
+        return open_dataset(spec, cache)
+    except DataUnavailable as error:
+        raise DatasetUnavailable(str(error)) from error
+    except (ValueError, FileNotFoundError) as error:
+        raise pytest.UsageError(f"--umd-dataset {spec}: {error}") from error
+
+
+def _scan_loader(cache: Path) -> ScanLoader:
+    """The cached, resampling loader from umdbench.data when present, else the plain one."""
+    try:
+        from umdbench.data import CachedScanLoader
+    except ImportError:
+        return ScanLoader()
+    return CachedScanLoader(cache)  # type: ignore[no-any-return]
