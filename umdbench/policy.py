@@ -3,8 +3,9 @@
 A policy is a TOML file of ``[[rule]]`` tables (``model``, ``modality``, ``organ`` fnmatch
 patterns; ``metric``; ``min``; ``source``) and ``[[gap]]`` tables (``model``, ``organ``,
 ``comparison`` like ``CT~PET_CT``; ``metric``; ``max_gap``; ``source``). The most specific
-matching rule wins; among equally specific ones the later wins, so a user's file can append
-overrides to the defaults (``--umd-policy FILE`` adds its rules after the defaults).
+matching rule wins, and among equally specific ones the later. Files are layered: a rule of a
+later file (``--umd-policy FILE``, read after the defaults) beats every matching rule of an
+earlier one, so a user's ``metric = "hd95"`` rule is not shadowed by a default organ rule.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class _Rule:
     bound: float
     source: str
     order: int
+    layer: int
 
     def matches(self, keys: Mapping[str, str]) -> bool:
         return all(fnmatch.fnmatchcase(keys.get(k, ""), p) for k, p in self.patterns.items())
@@ -74,22 +76,24 @@ class Policy:
         self.sources: list[str] = []
         self._rules: list[_Rule] = []
         self._gaps: list[_Rule] = []
-        for origin, document in documents:
+        for layer, (origin, document) in enumerate(documents):
             self.sources.append(origin)
-            self._read(origin, document)
+            self._read(origin, document, layer)
         if not self._rules:
             raise ValueError("the policy has no [[rule]]: every case needs a threshold")
 
-    def _read(self, origin: str, document: Mapping[str, Any]) -> None:
+    def _read(self, origin: str, document: Mapping[str, Any], layer: int) -> None:
         unknown = set(document) - {"rule", "gap"}
         if unknown:
             raise ValueError(f"policy {origin}: unknown table(s) {sorted(unknown)}; use [[rule]] and [[gap]]")
         for table in document.get("rule", []):
-            self._rules.append(self._parse(origin, table, "min", ("model", "modality", "organ")))
+            self._rules.append(self._parse(origin, table, "min", ("model", "modality", "organ"), layer))
         for table in document.get("gap", []):
-            self._gaps.append(self._parse(origin, table, "max_gap", ("model", "organ", "comparison")))
+            self._gaps.append(self._parse(origin, table, "max_gap", ("model", "organ", "comparison"), layer))
 
-    def _parse(self, origin: str, table: Mapping[str, Any], bound_key: str, keys: tuple[str, ...]) -> _Rule:
+    def _parse(
+        self, origin: str, table: Mapping[str, Any], bound_key: str, keys: tuple[str, ...], layer: int
+    ) -> _Rule:
         allowed = {*keys, "metric", bound_key, "source"}
         extra = set(table) - allowed
         if extra:
@@ -102,12 +106,12 @@ class Policy:
             raise ValueError(f"policy {origin}: `{bound_key}` must be a number, got {bound!r} in {dict(table)}")
         order = len(self._rules) + len(self._gaps)
         patterns = {k: str(table.get(k, "*")) for k in keys}
-        return _Rule(patterns, metric, float(bound), str(table.get("source", origin)), order)
+        return _Rule(patterns, metric, float(bound), str(table.get("source", origin)), order, layer)
 
     @staticmethod
     def _best(rules: list[_Rule], keys: Mapping[str, str]) -> _Rule | None:
         matching = [r for r in rules if r.matches(keys)]
-        return max(matching, key=lambda r: (r.specificity, r.order), default=None)
+        return max(matching, key=lambda r: (r.layer, r.specificity, r.order), default=None)
 
     def threshold(self, model: str, modality: str, organ: str) -> Threshold:
         rule = self._best(self._rules, {"model": model, "modality": modality, "organ": organ})
