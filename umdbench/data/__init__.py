@@ -1,0 +1,72 @@
+"""Real datasets for the audit: manifests, importers, organ mapping, validation and the
+decoded-volume cache. The suite calls :func:`open_dataset` and :class:`CachedScanLoader`.
+
+``open_dataset(spec, cache_dir)`` accepts:
+
+- ``samples``: the real sample volumes (raises :class:`DatasetUnavailable` when absent);
+- ``semireal``: PET and MRI arms rendered from the real sample CT's anatomy;
+- a manifest file (``.csv`` / ``.json``);
+- a dataset folder (importer detected) or ``importer:path`` (``nnunet``, ``msd``,
+  ``totalseg``, ``autopet``, ``umd``, ``manifest``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from umdbench.cohort import Cohort
+from umdbench.data.errors import PROBLEM_CODES, DatasetUnavailable, Problem, ScanError
+from umdbench.data.importers import IMPORTERS, detect_importer, import_dataset
+from umdbench.data.loader import CachedScanLoader, validate_scan
+from umdbench.data.manifest import ManifestEntry, read_manifest, write_manifest
+from umdbench.data.pairing import missing_arms, paired_subjects, validate_cohort
+from umdbench.data.scan import DatasetScan
+
+__all__ = [
+    "IMPORTERS",
+    "PROBLEM_CODES",
+    "CachedScanLoader",
+    "DatasetScan",
+    "DatasetUnavailable",
+    "ManifestEntry",
+    "Problem",
+    "ScanError",
+    "detect_importer",
+    "missing_arms",
+    "open_dataset",
+    "paired_subjects",
+    "read_manifest",
+    "validate_cohort",
+    "validate_scan",
+    "write_manifest",
+]
+
+
+def open_dataset(spec: str, cache_dir: Path) -> Cohort:
+    """The cohort ``spec`` names (see the module docstring); derived files go to
+    ``cache_dir``."""
+    cache_dir = Path(cache_dir)
+    if spec == "samples":
+        from umdbench.data.samples import samples_cohort
+
+        return samples_cohort(cache_dir)
+    if spec == "semireal":
+        from umdbench.data.semireal import semireal_cohort
+
+        return semireal_cohort(cache_dir)
+    importer, sep, rest = spec.partition(":")
+    if sep and importer in IMPORTERS:
+        return import_dataset(_existing(Path(rest).expanduser(), spec), cache_dir, importer)
+    path = _existing(Path(spec).expanduser(), spec)
+    if path.is_file():
+        return import_dataset(path, cache_dir, "manifest")
+    return import_dataset(path, cache_dir)
+
+
+def _existing(path: Path, spec: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset must be `samples`, `semireal`, a manifest file, a dataset folder or"
+            f" importer:path ({', '.join(IMPORTERS)}), got {spec!r} ({path} does not exist)"
+        )
+    return path
