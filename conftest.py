@@ -2,3 +2,6 @@
 
 Listing it in ``pytest_plugins`` too would make pytest refuse to register it twice.
 """
+
+# pytester drives the plugin as a user would in tests/test_plugin.py.
+pytest_plugins = ["pytester"]

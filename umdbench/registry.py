@@ -12,10 +12,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
 from umdbench.models.base import SegmentationModel
+from umdbench.organs import MODALITIES
 
 __all__ = [
     "BUILTIN_MODULES",
@@ -31,8 +33,13 @@ ENTRY_POINT_GROUP = "umdbench.models"
 BUILTIN_MODULES: tuple[str, ...] = (
     "umdbench.models.classical",
     "umdbench.models.unet",
+    "umdbench.models.deepbet",
+    "umdbench.models.vista3d",
+    "umdbench.models.sam_med3d",
+    "umdbench.models.monai_bundle",
 )
 
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _BUILTINS: dict[str, type[SegmentationModel]] = {}
 
 
@@ -66,8 +73,12 @@ def _check_model_class(cls: object, origin: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, SegmentationModel)):
         raise TypeError(f"{origin} must be a subclass of SegmentationModel, got {cls!r}")
     name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{origin} must set a class attribute `name` (a non-empty str)")
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise TypeError(
+            f"{origin}: `name` must be lower-case letters, digits, '.', '_' or '-', got {name!r}"
+        )
+    if any(f"-{arm}-" in f"-{name}-" for arm in MODALITIES):
+        raise TypeError(f"{origin}: `name` must not contain a modality ({', '.join(MODALITIES)}), got {name!r}")
     if not cls.organs:
         raise TypeError(f"{origin} must list the canonical organs it segments in `organs`")
 

@@ -30,7 +30,7 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.array.shape  # type: ignore[return-value]
+        return self.array.shape
 
     @property
     def spacing(self) -> tuple[float, float, float]:
