@@ -3,77 +3,178 @@
 A prompt lives in the scan's voxel space (the grid the ground truth is on); it also carries the
 world coordinates so a model that resamples can map it, and a test can check it lands inside the
 organ after that model's preprocessing.
+
+The click rules follow their sources:
+
+- SAM-Med3D (uni-medical/SAM-Med3D ``medim_infer.py``): the first click is a uniformly random
+  ground-truth voxel; each later click a uniformly random voxel of the error region, positive
+  when that voxel is a false negative, negative when a false positive.
+- CVPR 2025 interactive challenge (``CVPR25_iter_eval.py``): the click sits at the maximum of the
+  Euclidean distance transform of the largest 26-connected error component (the volume border
+  counts as outside); ties are broken by the seeded generator.
+- CVPR 2025 box (``get_boxes.py``): the mask's range along the slice axis plus the 2D box of the
+  middle foreground slice, each side pushed out by a random 0-5 voxel shift (scaled by size/256).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Prompt", "box_prompt", "case_seed"]
+__all__ = [
+    "ORGAN_SYNONYMS",
+    "Prompt",
+    "box_prompt",
+    "case_seed",
+    "check_protocol_name",
+    "cvpr_box_prompt",
+    "dsc_auc",
+    "edt_click",
+    "interior_point",
+    "organ_text",
+    "random_error_click",
+    "random_foreground_point",
+    "slice_axis",
+    "voxel_to_world",
+    "world_to_voxel",
+]
+
+#: Names a text-prompted model may be given for each canonical organ, the preferred one first.
+ORGAN_SYNONYMS: Mapping[str, tuple[str, ...]] = {
+    "liver": ("liver", "hepar"),
+    "kidney_left": ("left kidney", "kidney left", "left renal"),
+    "kidney_right": ("right kidney", "kidney right", "right renal"),
+    "spleen": ("spleen", "lien"),
+    "heart": ("heart", "cardiac"),
+    "aorta": ("aorta", "aortic"),
+    "lung": ("lung", "lungs", "pulmonary"),
+    "brain": ("brain", "cerebrum", "encephalon"),
+    "colon": ("colon", "large intestine", "large bowel"),
+    "urinary_bladder": ("urinary bladder", "bladder"),
+    "pancreas": ("pancreas",),
+    "esophagus": ("esophagus", "oesophagus"),
+    "stomach": ("stomach", "gaster"),
+}
+
+_MODALITY_MARKERS = ("-CT-", "-PET_CT-", "-MRI-", "-PET_MRI-", "-PET-")
+_PROTOCOL_RE = re.compile(r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
+
+Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """What a promptable model is given for one organ of one scan.
+    """What a promptable model is given for one organ of one scan, at one interaction step.
 
-    ``box`` is ``(lo, hi)`` inclusive voxel indices; ``points`` is ``(N, 3)`` voxel indices with
-    ``point_labels`` 1 (foreground) or 0 (background); ``text`` is an organ name.
+    ``box`` is ``(lo, hi)`` inclusive voxel indices; ``points`` is ``(N, 3)`` voxel indices (every
+    click so far) with ``point_labels`` 1 (foreground) or 0 (background); ``text`` is an organ
+    name (``extra["synonyms"]`` lists the others); ``class_id`` is the organ's id in the model's
+    own label map. ``previous`` is the model's last mask on the scan grid (iterative protocols).
+    ``roi_center`` is the ground-truth box centre (voxel), given only to models that crop around
+    the organ; such prompts carry ``oracle=True``. ``state`` is one dict shared by every step of
+    one interactive run, where a model keeps what it feeds back (e.g. SAM's low-res logits); it is
+    never recorded.
     """
 
     protocol: str
     organ: str
     seed: int
-    box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+    box: Box | None = None
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
     text: str | None = None
+    class_id: int | None = None
+    step: int = 0
+    previous: np.ndarray | None = field(default=None, repr=False, compare=False)
+    roi_center: tuple[float, float, float] | None = None
     oracle: bool = False
+    state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self, affine: np.ndarray | None = None) -> dict[str, Any]:
         """A JSON-ready description, with world coordinates (mm) when the affine is given."""
-        record: dict[str, Any] = {"protocol": self.protocol, "seed": self.seed}
+        record: dict[str, Any] = {"protocol": self.protocol, "seed": self.seed, "step": self.step}
         if self.box is not None:
             record["box_voxel"] = [list(self.box[0]), list(self.box[1])]
             if affine is not None:
                 corners = np.array([self.box[0], self.box[1]], dtype=float)
-                record["box_world"] = _to_world(corners, affine).round(2).tolist()
+                record["box_world"] = voxel_to_world(corners, affine).round(2).tolist()
         if self.points is not None:
             record["points_voxel"] = np.asarray(self.points).tolist()
             record["point_labels"] = np.asarray(self.point_labels).tolist()
             if affine is not None:
-                record["points_world"] = _to_world(self.points, affine).round(2).tolist()
+                record["points_world"] = voxel_to_world(self.points, affine).round(2).tolist()
         if self.text is not None:
             record["text"] = self.text
+        if self.class_id is not None:
+            record["class_id"] = self.class_id
+        if self.roi_center is not None:
+            record["roi_center_voxel"] = [round(float(v), 2) for v in self.roi_center]
         if self.oracle:
             record["oracle"] = True
         record.update(self.extra)
         return record
 
 
-def _to_world(voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    voxels = np.asarray(voxels, dtype=float)
+def voxel_to_world(voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` voxel indices to world mm (RAS+) through a 4x4 affine."""
+    voxels = np.atleast_2d(np.asarray(voxels, dtype=float))
     return voxels @ affine[:3, :3].T + affine[:3, 3]
+
+
+def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` world mm to (fractional) voxel indices of the grid with ``affine``."""
+    points = np.atleast_2d(np.asarray(points, dtype=float))
+    inverse = np.linalg.inv(affine)
+    return points @ inverse[:3, :3].T + inverse[:3, 3]
 
 
 def case_seed(*parts: str | int) -> int:
     """A stable 32-bit seed from names (model, scan, organ): the same on every machine and run."""
-    import hashlib
-
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
+def check_protocol_name(name: str) -> str:
+    """Return ``name`` if it can sit at the end of a case id; the error says what is wrong."""
+    if not isinstance(name, str) or not _PROTOCOL_RE.match(name):
+        raise ValueError(
+            "protocol must be letters and digits joined by single hyphens (e.g. 5clicks-edt),"
+            f" got {name!r}"
+        )
+    padded = f"-{name}-"
+    marker = next((m for m in _MODALITY_MARKERS if m in padded), None)
+    if marker is not None:
+        raise ValueError(
+            f"protocol must not contain a modality name ({marker.strip('-')}), got {name!r}"
+        )
+    return name
+
+
+def _nonempty(mask: np.ndarray, organ: str, what: str) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"reference mask for {organ!r} must be 3D, got shape {mask.shape}")
+    if not mask.any():
+        raise ValueError(f"cannot make a {what} prompt for {organ!r}: the reference mask is empty")
+    return mask
+
+
 def box_prompt(
-    mask: np.ndarray, organ: str, seed: int, spacing: tuple[float, float, float], jitter_mm: float = 0.0
+    mask: np.ndarray,
+    organ: str,
+    seed: int,
+    spacing: tuple[float, float, float],
+    jitter_mm: float = 0.0,
 ) -> Prompt:
     """The tight 3D bounding box of ``mask``, optionally grown by a seeded margin of up to
     ``jitter_mm`` per face (as interactive benchmarks jitter boxes)."""
-    if not mask.any():
-        raise ValueError(f"cannot make a box prompt for {organ!r}: the reference mask is empty")
+    mask = _nonempty(mask, organ, "box")
     coords = np.argwhere(mask)
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     if jitter_mm > 0:
@@ -84,9 +185,129 @@ def box_prompt(
     lo = np.clip(lo, 0, np.asarray(mask.shape) - 1)
     hi = np.clip(hi, 0, np.asarray(mask.shape) - 1)
     protocol = "box" if jitter_mm == 0 else f"box-jitter{jitter_mm:g}mm"
-    return Prompt(
-        protocol=protocol,
-        organ=organ,
-        seed=seed,
-        box=(tuple(int(v) for v in lo), tuple(int(v) for v in hi)),  # type: ignore[arg-type]
+    return Prompt(protocol=protocol, organ=organ, seed=seed, box=_as_box(lo, hi))
+
+
+def _as_box(lo: np.ndarray, hi: np.ndarray) -> Box:
+    return (
+        (int(lo[0]), int(lo[1]), int(lo[2])),
+        (int(hi[0]), int(hi[1]), int(hi[2])),
     )
+
+
+def slice_axis(affine: np.ndarray) -> int:
+    """The array axis that runs closest to the body's long (superior-inferior) axis."""
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return int(np.argmax(np.abs(directions[2])))
+
+
+def cvpr_box_prompt(
+    mask: np.ndarray, organ: str, seed: int, affine: np.ndarray, max_shift: int = 5
+) -> Prompt:
+    """The CVPR 2025 box: full range along the slice axis, 2D box of the middle foreground slice.
+
+    The middle slice is the median slice index over foreground voxels; each in-plane side moves
+    out by one seeded shift in ``[0, max_shift]`` scaled by the in-plane size over 256.
+    """
+    mask = _nonempty(mask, organ, "box")
+    axis = slice_axis(affine)
+    slices = np.sort(np.nonzero(mask)[axis])
+    middle = int(slices[len(slices) // 2])
+    plane = np.take(mask, middle, axis=axis)
+    in_plane = [a for a in range(3) if a != axis]
+    rows, cols = np.nonzero(plane)
+    shift = int(np.random.default_rng(seed).integers(0, max_shift + 1))
+    lo, hi = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
+    lo[axis], hi[axis] = int(slices[0]), int(slices[-1])
+    for coords, dim in ((rows, in_plane[0]), (cols, in_plane[1])):
+        pad = int(shift * mask.shape[dim] / 256)
+        lo[dim] = max(0, int(coords.min()) - pad)
+        hi[dim] = min(mask.shape[dim] - 1, int(coords.max()) + pad)
+    extra = {"slice_axis": axis, "middle_slice": middle, "shift": shift}
+    return Prompt(protocol="box-cvpr", organ=organ, seed=seed, box=_as_box(lo, hi), extra=extra)
+
+
+def random_foreground_point(mask: np.ndarray, organ: str, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random voxel of the organ (SAM-Med3D's first click), as ``(3,)`` ints."""
+    coords = np.argwhere(_nonempty(mask, organ, "point"))
+    return coords[rng.integers(len(coords))]
+
+
+def _padded_edt(mask: np.ndarray) -> np.ndarray:
+    """Distance to the nearest outside voxel, the volume border counting as outside."""
+    from scipy.ndimage import distance_transform_edt
+
+    padded = np.pad(mask, 1, constant_values=False)
+    return np.asarray(distance_transform_edt(padded))[1:-1, 1:-1, 1:-1]
+
+
+def _argmax_tie(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    best = np.argwhere(values == values.max())
+    return best[rng.integers(len(best))]
+
+
+def interior_point(mask: np.ndarray, organ: str, rng: np.random.Generator) -> np.ndarray:
+    """The interior-most organ voxel (distance-transform maximum; seeded tie-break)."""
+    return _argmax_tie(_padded_edt(_nonempty(mask, organ, "point")), rng)
+
+
+def _error_regions(
+    previous: np.ndarray, reference: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    previous, reference = previous.astype(bool), reference.astype(bool)
+    return reference & ~previous, previous & ~reference
+
+
+def random_error_click(
+    previous: np.ndarray, reference: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, int] | None:
+    """SAM-Med3D's next click: a random error voxel, label 1 if a false negative else 0.
+
+    ``None`` when the prediction is already perfect (no click is possible).
+    """
+    false_neg, false_pos = _error_regions(previous, reference)
+    coords = np.argwhere(false_neg | false_pos)
+    if len(coords) == 0:
+        return None
+    point = coords[rng.integers(len(coords))]
+    return point, int(false_neg[tuple(point)])
+
+
+def edt_click(
+    previous: np.ndarray, reference: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, int] | None:
+    """The CVPR 2025 next click: distance-transform maximum of the largest error component.
+
+    Label 1 where that voxel is a false negative, 0 where a false positive; ``None`` when the
+    prediction is already perfect.
+    """
+    import cc3d
+
+    false_neg, _ = _error_regions(previous, reference)
+    error = previous.astype(bool) != reference.astype(bool)
+    if not error.any():
+        return None
+    components = cc3d.connected_components(error.astype(np.uint8), connectivity=26)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    largest = components == int(np.argmax(sizes))
+    point = _argmax_tie(_padded_edt(largest), rng)
+    return point, int(false_neg[tuple(point)])
+
+
+def organ_text(organ: str) -> tuple[str, tuple[str, ...]]:
+    """The preferred name of a canonical organ and its synonyms (for text prompts)."""
+    names = ORGAN_SYNONYMS.get(organ, (organ.replace("_", " "),))
+    return names[0], names[1:]
+
+
+def dsc_auc(dice_per_click: list[float] | np.ndarray) -> float:
+    """Area under Dice over click steps, unit step, trapezoid rule (CVPR 2025's DSC_AUC).
+
+    The challenge integrates over the click steps only (not the initial box step), so five clicks
+    give an area in ``[0, 4]``. A single step has no area: NaN.
+    """
+    values = np.asarray(dice_per_click, dtype=float)
+    if values.size < 2:
+        return float("nan")
+    return float(np.sum((values[1:] + values[:-1]) / 2.0))
