@@ -1,0 +1,179 @@
+"""Per-organ figures for one prediction against one reference on one grid (CPU backend).
+
+Every surface figure follows DeepMind's ``surface-distance`` definitions (see docs/metrics.md);
+empty masks follow the table there: both empty -> NaN everywhere, one empty -> overlap 0 and
+distances inf. Work is confined to the union bounding box of the two masks, which is exact
+for every figure (all surfels lie inside it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from umdbench.metrics._distances import surface_distances
+from umdbench.metrics._summary import assd, nsd, robust_hausdorff
+
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "check_spacing",
+    "check_tolerances",
+    "crop_figures",
+    "empty_figures",
+    "label_boxes",
+    "mask_box",
+    "merge_boxes",
+    "nsd_key",
+    "overlap_figures",
+    "to_mask",
+    "union_box",
+]
+
+Spacing = tuple[float, float, float]
+DEFAULT_TOLERANCES: tuple[float, ...] = (1.0, 2.0)
+
+
+def nsd_key(tolerance: float) -> str:
+    """``nsd_2mm`` for 2.0, ``nsd_1.5mm`` for 1.5."""
+    return f"nsd_{tolerance:g}mm"
+
+
+def check_spacing(spacing: Any) -> Spacing:
+    """Three finite positive voxel sizes in mm, as floats."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`spacing` must be three numbers in mm, got {spacing!r}") from e
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"`spacing` must be three finite positive numbers in mm, got {spacing!r}")
+    return values[0], values[1], values[2]
+
+
+def check_tolerances(tolerances: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(t) for t in tolerances)
+    if not all(math.isfinite(t) and t >= 0 for t in values):
+        raise ValueError(f"`tolerances` must be finite non-negative mm, got {tolerances!r}")
+    return values
+
+
+def to_mask(array: Any, name: str) -> np.ndarray:
+    """A 3D boolean mask (non-zero = inside); non-finite values are an error, not 'inside'."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy array, got {type(array).__name__}")
+    if array.ndim != 3:
+        raise ValueError(f"`{name}` must be 3D, got shape {array.shape}")
+    if array.dtype == bool:
+        return array
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"`{name}` must hold only finite values, got {bad} NaN/inf voxels: "
+                "check the model output (a failed forward pass often yields NaN)"
+            )
+    elif array.dtype.kind not in "iu":
+        raise TypeError(f"`{name}` must be a boolean, integer or float array, got {array.dtype}")
+    return array != 0
+
+
+def empty_figures(n_pred: int, n_ref: int, tolerances: Sequence[float]) -> dict[str, float]:
+    """Figures when at least one mask is empty (the edge-case table of docs/metrics.md)."""
+    if n_pred == 0 and n_ref == 0:
+        value, distance, rve = math.nan, math.nan, math.nan
+    else:
+        value, distance = 0.0, math.inf
+        rve = math.inf if n_ref == 0 else -1.0
+    figures = {"dice": value, "iou": value}
+    figures.update({nsd_key(t): value for t in tolerances})
+    figures.update({"hd95": distance, "hd": distance, "assd": distance, "rve": rve})
+    return figures
+
+
+def overlap_figures(tp: int, fp: int, fn: int, spacing: Spacing) -> dict[str, float | int]:
+    """Dice, IoU, relative volume error and the counts they come from."""
+    n_pred, n_ref = tp + fp, tp + fn
+    union = tp + fp + fn
+    return {
+        "dice": math.nan if union == 0 else 2.0 * tp / (n_pred + n_ref),
+        "iou": math.nan if union == 0 else tp / union,
+        "rve": _rve(n_pred, n_ref),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "n_ref": n_ref,
+        "n_pred": n_pred,
+        "voxel_ml": float(np.prod(spacing)) / 1000.0,
+    }
+
+
+def _rve(n_pred: int, n_ref: int) -> float:
+    if n_ref == 0:
+        return math.nan if n_pred == 0 else math.inf
+    return (n_pred - n_ref) / n_ref
+
+
+def crop_figures(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Spacing,
+    tolerances: Sequence[float],
+    surface: bool = True,
+) -> dict[str, float | int]:
+    """All figures for two boolean masks already cropped around both (CPU backend);
+    ``surface=False`` gives the overlap figures only."""
+    n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    tp = int(np.count_nonzero(pred & ref))
+    figures = overlap_figures(tp, n_pred - tp, n_ref - tp, spacing)
+    if not surface:
+        return figures
+    if n_pred == 0 or n_ref == 0:
+        figures.update(empty_figures(n_pred, n_ref, tolerances))
+        return figures
+    sd = surface_distances(pred, ref, spacing)
+    figures.update({nsd_key(t): nsd(sd, t) for t in tolerances})
+    figures.update(
+        {"hd95": robust_hausdorff(sd, 95.0), "hd": robust_hausdorff(sd, 100.0), "assd": assd(sd)}
+    )
+    return figures
+
+
+def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of a C-ordered boolean mask: the first and last True of the flat array
+    bound axis 0 (argmax stops early), one projection of that slab gives the other two."""
+    flat = mask.reshape(-1)
+    if not flat[flat.argmax()]:
+        return None
+    plane = mask.shape[1] * mask.shape[2]
+    first, last = int(flat.argmax()) // plane, (flat.size - 1 - int(flat[::-1].argmax())) // plane
+    projection = np.any(mask[first : last + 1], axis=0)
+    rows, cols = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
+    return (
+        slice(first, last + 1),
+        slice(int(rows[0]), int(rows[-1]) + 1),
+        slice(int(cols[0]), int(cols[-1]) + 1),
+    )
+
+
+def union_box(*masks: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the union of boolean masks; None when all are empty."""
+    boxes = [box for box in (mask_box(np.ascontiguousarray(m)) for m in masks) if box]
+    return merge_boxes(boxes)
+
+
+def label_boxes(labels: np.ndarray) -> Mapping[int, tuple[slice, ...]]:
+    """Bounding box of every positive label value, from one pass over the map."""
+    boxes = ndimage.find_objects(labels)
+    return {i + 1: box for i, box in enumerate(boxes) if box is not None}
+
+
+def merge_boxes(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...] | None:
+    if not boxes:
+        return None
+    return tuple(
+        slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes))
+        for axis in range(3)
+    )
