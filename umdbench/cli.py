@@ -1,0 +1,131 @@
+"""The ``umdbench`` command: render, merge, compare and baseline results files.
+
+``umdbench report RESULTS.json [-o DIR]``, ``umdbench merge A.json B.json -o OUT.json``,
+``umdbench compare OLD.json NEW.json [--dice-tol ...]`` (exit 1 on a regression),
+``umdbench baseline RESULTS.json -o BASELINE.json`` and
+``umdbench check-baseline BASELINE.json RESULTS.json`` (exit 1 on a new failure).
+Bad input exits 2 with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from error
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="umdbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    report = sub.add_parser("report", help="render report.md/.html, CSVs and plots")
+    report.add_argument("results", type=Path, metavar="RESULTS.json")
+    report.add_argument("-o", "--out", type=Path, metavar="DIR", default=None,
+                        help="output folder (default: <results folder>/report)")
+    report.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="bootstrap seed (default: 0)")
+    merge = sub.add_parser("merge", help="join shard results files into one")
+    merge.add_argument("inputs", type=Path, nargs="+", metavar="RESULTS.json")
+    merge.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.json")
+    compare = sub.add_parser("compare", help="changes between two runs; exit 1 on a regression")
+    compare.add_argument("old", type=Path, metavar="OLD.json")
+    compare.add_argument("new", type=Path, metavar="NEW.json")
+    for name, default, what in (("dice-tol", 0.02, "absolute Dice change"),
+                                ("nsd-tol", 0.02, "absolute NSD change"),
+                                ("time-tol", 0.25, "relative time change"),
+                                ("time-floor", 0.5, "smallest time change in seconds")):
+        compare.add_argument(f"--{name}", type=_non_negative, default=default, metavar="X",
+                             help=f"{what} tolerated (default: {default})")
+    base = sub.add_parser("baseline", help="write a known-failure baseline from a results file")
+    base.add_argument("results", type=Path, metavar="RESULTS.json")
+    base.add_argument("-o", "--out", type=Path, required=True, metavar="BASELINE.json")
+    base.add_argument("--include-errors", action="store_true",
+                      help="record errored cases too (default: only failed ones)")
+    check = sub.add_parser("check-baseline", help="classify a run against a baseline; exit 1 on "
+                           "a new failure")
+    check.add_argument("baseline", type=Path, metavar="BASELINE.json")
+    check.add_argument("results", type=Path, metavar="RESULTS.json")
+    return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from umdbench.report import render_report
+
+    out = args.out if args.out is not None else args.results.parent / "report"
+    written = render_report(args.results, out, seed=args.seed)
+    print(f"wrote {len(written)} files to {out} (open {out / 'report.html'})")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from umdbench.results import read_results, write_results
+    from umdbench.shards import merge_shards
+
+    merged = merge_shards([read_results(p) for p in args.inputs], [str(p) for p in args.inputs])
+    write_results(args.out, run=merged["run"], models=merged["models"], cases=merged["cases"],
+                  records=merged["records"])
+    print(f"merged {len(args.inputs)} files: {len(merged['cases'])} cases, "
+          f"{len(merged['records'])} records -> {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from umdbench.report.compare import Tolerances, change_table, compare_documents
+    from umdbench.results import read_results
+
+    tol = Tolerances(args.dice_tol, args.nsd_tol, args.time_tol, args.time_floor)
+    changes = compare_documents(read_results(args.old), read_results(args.new), tol)
+    regressions = sum(c.kind == "regression" for c in changes)
+    if changes:
+        print(change_table(changes).to_text())
+    print(f"{regressions} regression(s), {len(changes) - regressions} other change(s) "
+          f"(dice-tol {tol.dice:g}, nsd-tol {tol.nsd:g}, time-tol {tol.time:g})")
+    return 1 if regressions else 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from umdbench.baseline import load_baseline, write_baseline
+    from umdbench.results import read_results
+
+    write_baseline(read_results(args.results), args.out, include_errors=args.include_errors)
+    print(f"wrote {len(load_baseline(args.out).known)} known failure(s) to {args.out}")
+    return 0
+
+
+def _check_baseline(args: argparse.Namespace) -> int:
+    from umdbench.baseline import load_baseline
+    from umdbench.results import read_results
+
+    review = load_baseline(args.baseline).review(read_results(args.results))
+    print("\n".join(review.summary_lines()))
+    return 0 if review.ok else 1
+
+
+_COMMANDS = {"report": _report, "merge": _merge, "compare": _compare, "baseline": _baseline,
+             "check-baseline": _check_baseline}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``umdbench`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        print(f"umdbench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

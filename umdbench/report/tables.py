@@ -1,0 +1,253 @@
+"""The report's tables, computed from one results document and rendered as Markdown, HTML or CSV.
+
+Measured Dice of a model on an arm is the *macro* mean: the mean over organs of each organ's mean
+over subjects with status ``ok`` and a finite Dice (empty references and errors are left out and
+counted in the case table). That is how the study averages, so the illusion table compares like
+with like as far as a literature figure allows.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from umdbench.organs import MODALITIES
+from umdbench.report.stats import PairedRow
+
+__all__ = [
+    "Table",
+    "case_table",
+    "fmt",
+    "gap_table",
+    "illusion_table",
+    "measured_means",
+    "model_label",
+    "paired_csv_table",
+    "paired_stats_table",
+    "records_table",
+    "verdict_table",
+]
+
+#: Case outcomes as the controller records them (xfailed: a known failure of the baseline).
+_OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+
+
+@dataclass(frozen=True)
+class Table:
+    """Column names and raw cell values; formatting happens at render time."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    note: str = ""
+
+    def to_markdown(self) -> str:
+        head = "| " + " | ".join(self.columns) + " |"
+        rule = "|" + "|".join("---" for _ in self.columns) + "|"
+        body = ["| " + " | ".join(fmt(c).replace("|", "\\|") for c in r) + " |" for r in self.rows]
+        note = f"\n{self.note}\n" if self.note else ""
+        return "\n".join([f"### {self.title}", note, head, rule, *body, ""])
+
+    def to_html(self, table_id: str = "") -> str:
+        ident = f' id="{html.escape(table_id)}"' if table_id else ""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td{_css(c)}>{html.escape(fmt(c))}</td>" for c in r) + "</tr>"
+            for r in self.rows
+        )
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return (f"<h3>{html.escape(self.title)}</h3>{note}<table{ident}><thead><tr>{head}"
+                f"</tr></thead><tbody>{body}</tbody></table>")
+
+    def to_text(self) -> str:
+        """Aligned plain-text columns, for a terminal."""
+        cells = [list(self.columns), *([fmt(c) for c in r] for r in self.rows)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                 for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join([self.title, *lines])
+
+    def to_csv(self) -> str:
+        """Full precision, empty cells for missing figures: for spreadsheets and pandas."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        for row in self.rows:
+            writer.writerow(_csv_cell(c) for c in row)
+        return buffer.getvalue()
+
+
+def _css(value: Any) -> str:
+    if isinstance(value, str) and value in _OUTCOMES:
+        return f' class="{value}"'
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return ' class="num"' if numeric or value is None else ""
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Three decimals for figures, an em dash for missing ones."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "—"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def model_label(model: str, protocol: str | None) -> str:
+    """``sam-med3d-turbo [1click]``: a promptable model's protocols are separate rows."""
+    return model if not protocol else f"{model} [{protocol}]"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def measured_means(
+    records: Iterable[Mapping[str, Any]], metric: str = "dice"
+) -> dict[tuple[str, str], float]:
+    """(model label, modality) -> macro mean of ``metric`` over organs (see module docstring)."""
+    per_organ: dict[tuple[str, str, str], list[float]] = {}
+    for r in records:
+        if r.get("status", "ok") == "ok" and _finite(r.get(metric)):
+            key = (model_label(r["model"], r.get("protocol")), r["modality"], r["organ"])
+            per_organ.setdefault(key, []).append(float(r[metric]))
+    organ_means: dict[tuple[str, str], list[float]] = {}
+    for (label, modality, _organ), values in per_organ.items():
+        organ_means.setdefault((label, modality), []).append(sum(values) / len(values))
+    return {k: sum(v) / len(v) for k, v in organ_means.items()}
+
+
+def _labels(document: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(label, model, protocol) for every model/protocol with a case, in sorted order."""
+    seen = {(model_label(c["model"], c.get("protocol")), c["model"], c.get("protocol"))
+            for c in document.get("cases", [])}
+    return sorted(seen, key=lambda t: t[0])
+
+
+def _modalities(document: Mapping[str, Any]) -> list[str]:
+    present = {c["modality"] for c in document.get("cases", [])}
+    return [m for m in MODALITIES if m in present] + sorted(present - set(MODALITIES))
+
+
+def verdict_table(document: Mapping[str, Any]) -> Table:
+    """Model x modality: mean Dice and how many organ cases passed, failed, skipped, errored."""
+    means = measured_means(document.get("records", []))
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for c in document.get("cases", []):
+        key = (model_label(c["model"], c.get("protocol")), c["modality"])
+        bucket = counts.setdefault(key, dict.fromkeys(_OUTCOMES, 0))
+        bucket[c.get("outcome", "error")] = bucket.get(c.get("outcome", "error"), 0) + 1
+    rows = []
+    for label, _model, _protocol in _labels(document):
+        for modality in _modalities(document):
+            if (label, modality) in counts:
+                n = counts[(label, modality)]
+                mean = means.get((label, modality), math.nan)
+                rows.append((label, modality, mean, *(n[o] for o in _OUTCOMES)))
+    return Table("Verdicts: model x modality", ("model", "modality", "mean Dice", *_OUTCOMES),
+                 tuple(rows), "Mean Dice: mean over organs of the per-organ mean over subjects.")
+
+
+def illusion_table(document: Mapping[str, Any]) -> Table:
+    """Literature-reported Dice beside the Dice measured here, per model and arm."""
+    means = measured_means(document.get("records", []))
+    models = document.get("models", {})
+    rows = []
+    for label, model, _protocol in _labels(document):
+        meta = models.get(model, {})
+        literature = meta.get("literature") or {}
+        claimed = set(meta.get("modalities_claimed") or ())
+        for modality in _modalities(document):
+            claim = literature.get(modality) or {}
+            published: Any = claim.get("dice")
+            measured = means.get((label, modality), math.nan)
+            ok = _finite(published) and _finite(measured)
+            diff = measured - float(published) if ok else math.nan
+            rows.append((label, modality, modality in claimed, published, measured, diff,
+                         claim.get("citation", "")))
+    columns = ("model", "modality", "claimed", "literature Dice", "measured Dice",
+               "measured − literature", "citation")
+    note = ("The generalization illusion: published figures beside this audit's. "
+            "'claimed' = the model says it supports the arm.")
+    return Table("Illusion table: literature vs measured Dice", columns, tuple(rows), note)
+
+
+def case_table(document: Mapping[str, Any]) -> Table:
+    """Per-case verdicts, in case-id order."""
+    keys = ("case_id", "model", "modality", "organ", "protocol", "outcome", "metric", "value",
+            "threshold", "n_valid", "n_empty_reference", "n_errors", "duration_s", "message")
+    rows = tuple(tuple(c.get(k) for k in keys) for c in
+                 sorted(document.get("cases", []), key=lambda c: c["case_id"]))
+    return Table("Per-case verdicts", keys, rows)
+
+
+def records_table(document: Mapping[str, Any]) -> Table:
+    """Every (case, subject) record with every key any record has (for CSV)."""
+    records = list(document.get("records", []))
+    first = ["case_id", "model", "modality", "organ", "protocol", "subject", "status"]
+    others = sorted({k for r in records for k in r} - set(first))
+    columns = (*first, *others)
+    rows = tuple(tuple(r.get(k) for k in columns) for r in records)
+    return Table("Per-subject records", columns, rows)
+
+
+def paired_stats_table(rows: Sequence[PairedRow], metric: str | None = None) -> Table:
+    """The paired statistics; ``metric`` keeps one metric (the report shows Dice first)."""
+    keep = [r for r in rows if metric is None or r.metric == metric]
+    body = tuple(
+        (model_label(r.model, r.protocol), r.organ, r.comparison, r.metric, r.stats.n_pairs,
+         r.stats.mean_a, r.stats.mean_b, r.stats.mean_diff, r.stats.ci_low, r.stats.ci_high,
+         _fmt_p(r.stats.p_value), _fmt_p(r.p_holm), r.stats.n_nan,
+         r.stats.n_only_a + r.stats.n_only_b, r.stats.note)
+        for r in keep
+    )
+    columns = ("model", "organ", "comparison", "metric", "n pairs", "mean A", "mean B",
+               "mean A−B", "95% CI low", "95% CI high", "Wilcoxon p", "Holm p", "n NaN",
+               "n unpaired", "note")
+    note = ("A−B > 0: arm B lower than arm A (a drop for Dice/NSD). Seeded percentile bootstrap "
+            "interval; Holm across organs of one model, comparison and metric. n unpaired: "
+            "subjects with an ok figure in one arm only (empty reference or error in the other).")
+    title = f"Paired intra-subject comparisons ({metric or 'all metrics'})"
+    return Table(title, columns, body, note)
+
+
+def gap_table(document: Mapping[str, Any]) -> Table | None:
+    """The plugin's modality-gap cases (``run.gaps``), every key they carry; None if none."""
+    gaps = [g for g in document.get("run", {}).get("gaps", []) if isinstance(g, Mapping)]
+    if not gaps:
+        return None
+    columns = tuple(dict.fromkeys(k for g in gaps for k in g))
+    rows = tuple(tuple(g.get(k) for k in columns) for g in gaps)
+    return Table("Modality-gap cases (policy verdicts)", columns, rows)
+
+
+def paired_csv_table(rows: Sequence[PairedRow]) -> Table:
+    """The paired statistics at full precision, for CSV."""
+    dicts = [r.as_dict() for r in rows]
+    columns = tuple(dicts[0]) if dicts else ("model", "organ", "comparison", "metric")
+    return Table("paired", columns, tuple(tuple(d.get(k) for k in columns) for d in dicts))
