@@ -93,7 +93,7 @@ class SegmentationModel(ABC):
     #: Prompt protocols the suite runs for this model (promptable models; part of the case id).
     protocols: ClassVar[tuple[str, ...]] = ()
 
-    def check_available(self, device: str) -> None:
+    def check_available(self, device: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`ModelUnavailable` when this model cannot run on ``device`` here."""
 
     @abstractmethod

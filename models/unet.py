@@ -23,15 +23,15 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
-from monai.transforms import Orientation, SpatialResample, Spacing
-
+from monai.transforms import Orientation, Spacing, SpatialResample
 from umdbench.models.base import ModelUnavailable, SegmentationModel, Tier, file_sha256
+
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model
 from umdbench.volume import Volume
 
-__all__ = ["CohortUNet", "MultimodalUNet", "CTUNet", "build_network", "normalise", "to_model_grid"]
+__all__ = ["CTUNet", "CohortUNet", "MultimodalUNet", "build_network", "normalise", "to_model_grid"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_SPACING_MM = 4.0
@@ -114,9 +114,16 @@ class CohortUNet(SegmentationModel):
         grid = to_model_grid(image)
         inputs = normalise(grid.as_tensor(), self.normalisation)[None].to(self.device)
         logits = sliding_window_inference(
-            inputs, roi_size=PATCH, sw_batch_size=2, predictor=self.network, overlap=0.25, mode="gaussian"
+            inputs,
+            roi_size=PATCH,
+            sw_batch_size=2,
+            predictor=self.network,
+            overlap=0.25,
+            mode="gaussian",
         )
-        probabilities = MetaTensor(torch.softmax(logits[0].float(), dim=0).cpu(), affine=grid.affine)
+        probabilities = MetaTensor(
+            torch.softmax(logits[0].float(), dim=0).cpu(), affine=grid.affine
+        )
         on_scan = SpatialResample(mode="bilinear", padding_mode="border")(
             probabilities, dst_affine=torch.from_numpy(image.affine), spatial_size=image.shape
         )

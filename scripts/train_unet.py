@@ -22,24 +22,43 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import save_file
-
 from umdbench.models.base import file_sha256
-from umdbench.models.unet import PATCH, WEIGHTS_DIR, CTUNet, MultimodalUNet, build_network, normalise, to_model_grid
-from umdbench.organs import MODALITIES
+from umdbench.models.unet import (
+    PATCH,
+    WEIGHTS_DIR,
+    CTUNet,
+    MultimodalUNet,
+    build_network,
+    normalise,
+    to_model_grid,
+)
 from umdbench.umd_fixtures.synthetic import build_synthetic_cohort
+
+from umdbench.organs import MODALITIES
 
 MODELS = {"unet-ct": (CTUNet, ("CT",)), "unet-multimodal": (MultimodalUNet, MODALITIES)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", choices=sorted(MODELS))
     parser.add_argument("--subjects", type=int, default=12, help="training subjects (default 12)")
-    parser.add_argument("--seed", type=int, default=1000, help="training cohort seed (default 1000)")
-    parser.add_argument("--iterations", type=int, default=1200, help="optimiser steps (default 1200)")
+    parser.add_argument(
+        "--seed", type=int, default=1000, help="training cohort seed (default 1000)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=1200, help="optimiser steps (default 1200)"
+    )
     parser.add_argument("--batch", type=int, default=2, help="patches per step (default 2)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2; fixed for reproducibility)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (default 2; fixed for reproducibility)",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="cohort cache folder")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights go")
     return parser.parse_args(argv)
@@ -52,7 +71,10 @@ def training_volumes(cohort, arms, scheme: str) -> list[tuple[torch.Tensor, torc
         if scan.modality not in arms:
             continue
         image = to_model_grid(scan.load_image()).as_tensor()
-        labels = to_model_grid(scan.load_labels().with_array(scan.load_labels().array.astype(np.float32)), mode="nearest").as_tensor()
+        labels = to_model_grid(
+            scan.load_labels().with_array(scan.load_labels().array.astype(np.float32)),
+            mode="nearest",
+        ).as_tensor()
         pairs.append((_pad(normalise(image, scheme)), _pad(labels.round().long())))
     return pairs
 
@@ -60,15 +82,18 @@ def training_volumes(cohort, arms, scheme: str) -> list[tuple[torch.Tensor, torc
 def _pad(tensor: torch.Tensor) -> torch.Tensor:
     """Pad (1, X, Y, Z) up to the patch size on every axis with the volume's minimum."""
     pads = []
-    for size, patch in zip(reversed(tensor.shape[1:]), reversed(PATCH)):
+    for size, patch in zip(reversed(tensor.shape[1:]), reversed(PATCH), strict=True):
         pads.extend([0, max(0, patch - size)])
     return torch.nn.functional.pad(tensor, pads, value=float(tensor.min()))
 
 
 def random_patch(pair, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     image, labels = pair
-    starts = [int(torch.randint(0, s - p + 1, (1,), generator=generator)) for s, p in zip(image.shape[1:], PATCH)]
-    window = tuple(slice(a, a + p) for a, p in zip(starts, PATCH))
+    starts = [
+        int(torch.randint(0, s - p + 1, (1,), generator=generator))
+        for s, p in zip(image.shape[1:], PATCH, strict=True)
+    ]
+    window = tuple(slice(a, a + p) for a, p in zip(starts, PATCH, strict=True))
     return image[(slice(None), *window)], labels[(slice(None), *window)]
 
 
@@ -98,7 +123,10 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         schedule.step()
         if step % 50 == 0 or step == 1:
             curve.append([step, round(float(loss), 4)])
-            print(f"step {step}/{args.iterations} loss {float(loss):.4f} ({time.time() - started:.0f} s)", flush=True)
+            print(
+                f"step {step}/{args.iterations} loss {float(loss):.4f} ({time.time() - started:.0f} s)",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{args.model}.safetensors"
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
@@ -107,8 +135,15 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         "command": "python scripts/train_unet.py " + " ".join(sys.argv[1:]),
         "arms": list(arms),
         "normalisation": cls.normalisation,
-        "training_cohort": {"name": cohort.name, "seed": args.seed, "subjects": list(cohort.subjects)},
-        "iterations": args.iterations, "batch": args.batch, "lr": args.lr, "threads": args.threads,
+        "training_cohort": {
+            "name": cohort.name,
+            "seed": args.seed,
+            "subjects": list(cohort.subjects),
+        },
+        "iterations": args.iterations,
+        "batch": args.batch,
+        "lr": args.lr,
+        "threads": args.threads,
         "loss_curve": curve,
         "seconds": round(time.time() - started, 1),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},

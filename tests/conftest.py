@@ -30,13 +30,21 @@ def tiny_cohort(tmp_path: Path) -> Cohort:
             labels[4 + index : 12, 4:12, 4:12] = 1
             grid = np.indices(labels.shape)
             labels[((grid - 15) ** 2).sum(axis=0) < 9] = 2
-            image = labels.astype(np.float32) * 100 + np.random.default_rng(index).normal(0, 5, labels.shape)
+            image = labels.astype(np.float32) * 100 + np.random.default_rng(index).normal(
+                0, 5, labels.shape
+            )
             affine = np.diag([2.0, 2.0, 3.0, 1.0])
             folder = tmp_path / f"s{index}"
             save_volume(Volume(image.astype(np.float32), affine), folder / f"{modality}.nii.gz")
             save_volume(Volume(labels, affine), folder / f"{modality}_labels.nii.gz")
             scans.append(
-                Scan(f"s{index}", "PETCT", modality, folder / f"{modality}.nii.gz",
-                     folder / f"{modality}_labels.nii.gz", {"liver": (1,), "spleen": (2,)})
+                Scan(
+                    f"s{index}",
+                    "PETCT",
+                    modality,
+                    folder / f"{modality}.nii.gz",
+                    folder / f"{modality}_labels.nii.gz",
+                    {"liver": (1,), "spleen": (2,)},
+                )
             )
     return Cohort("tiny", tuple(scans))

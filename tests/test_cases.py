@@ -8,7 +8,9 @@ from umdbench.cases import Case, build_cases, parse_case_id, schedule_group
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 
 model_names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,6}){0,3}", fullmatch=True)
-protocols = st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,5}(-[a-z0-9]{1,4}){0,2}", fullmatch=True))
+protocols = st.one_of(
+    st.none(), st.from_regex(r"[a-z0-9]{1,5}(-[a-z0-9]{1,4}){0,2}", fullmatch=True)
+)
 
 
 @given(model_names, st.sampled_from(MODALITIES), st.sampled_from(CANONICAL_ORGANS), protocols)
@@ -19,7 +21,10 @@ def test_case_ids_parse_back(model: str, modality: str, organ: str, protocol: st
 
 def test_case_id_examples() -> None:
     assert Case("unet-ct", "PET_CT", "liver").id == "unet-ct-PET_CT-liver"
-    assert Case("sam-med3d-turbo", "PET_CT", "liver", "1click").id == "sam-med3d-turbo-PET_CT-liver-1click"
+    assert (
+        Case("sam-med3d-turbo", "PET_CT", "liver", "1click").id
+        == "sam-med3d-turbo-PET_CT-liver-1click"
+    )
     with pytest.raises(ValueError, match="case id must read"):
         parse_case_id("unet-ct-XRAY-liver")
 

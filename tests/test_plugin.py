@@ -12,23 +12,55 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--umd-subjects", "2", "--umd-models", "classical-otsu", "--umd-organs", "liver,spleen,brain"]
+SMALL = [
+    "--umd-subjects",
+    "2",
+    "--umd-models",
+    "classical-otsu",
+    "--umd-organs",
+    "liver,spleen,brain",
+]
 
 
-def run_suite(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
+def run_suite(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict]:
     results = tmp_path / "results.json"
-    command = [sys.executable, "-m", "pytest", str(REPO / "benchmarks" / "test_segmentation.py"),
-               "-p", "no:cacheprovider", "-q", "--umd-results", str(results), *args]
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                             env={**os.environ, **(env or {})})
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(REPO / "benchmarks" / "test_segmentation.py"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--umd-results",
+        str(results),
+        *args,
+    ]
+    process = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
     document = json.loads(results.read_text()) if results.exists() else {}
     return process, document
 
 
 def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
-    result.stdout.fnmatch_lines(["*umdbench*", "*--umd-device=DEVICE*", "*--umd-models=PATTERNS*",
-                                 "*--umd-results=FILE*", "*--umd-policy=FILE*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*umdbench*",
+            "*--umd-device=DEVICE*",
+            "*--umd-models=PATTERNS*",
+            "*--umd-results=FILE*",
+            "*--umd-policy=FILE*",
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,7 +71,9 @@ def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
         (["--umd-policy", "nowhere.toml"], "--umd-policy file not found"),
     ],
 )
-def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+def test_bad_options_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])
@@ -50,8 +84,11 @@ def test_xdist_run_merges_every_case_once_and_keeps_groups_on_one_worker(tmp_pat
     process, document = run_suite(tmp_path, "-n", "4", *SMALL)
     assert process.returncode in (0, 1), process.stdout[-3000:] + process.stderr[-3000:]
     ids = [case["case_id"] for case in document["cases"]]
-    expected = {f"classical-otsu-{arm}-{organ}-box" for arm in ("CT", "PET_CT", "MRI", "PET_MRI")
-                for organ in ("liver", "spleen", "brain")}
+    expected = {
+        f"classical-otsu-{arm}-{organ}-box"
+        for arm in ("CT", "PET_CT", "MRI", "PET_MRI")
+        for organ in ("liver", "spleen", "brain")
+    }
     assert Counter(ids) == Counter(expected)  # every case exactly once
     records = Counter((r["case_id"], r["subject"]) for r in document["records"])
     assert set(records.values()) == {1} and len(records) == len(expected) * 2
@@ -61,7 +98,10 @@ def test_xdist_run_merges_every_case_once_and_keeps_groups_on_one_worker(tmp_pat
     assert all(len(w) == 1 for w in workers.values()), workers
     assert len({w for ws in workers.values() for w in ws}) > 1  # the work was spread
     assert "mean Dice per model and arm" in process.stdout
-    assert document["run"]["cohort"]["subjects"] and document["models"]["classical-otsu"]["tier"] == "classical"
+    assert (
+        document["run"]["cohort"]["subjects"]
+        and document["models"]["classical-otsu"]["tier"] == "classical"
+    )
 
 
 @pytest.mark.slow
@@ -78,8 +118,15 @@ def test_vendor_model_runs_without_editing_the_suite(tmp_path: Path) -> None:
         "        return np.ones(image.shape, dtype=np.int16)\n"
     )
     process, document = run_suite(
-        tmp_path, "--umd-model", "vendor_seg:Everything", "--umd-models", "vendor-everything",
-        "--umd-subjects", "2", "--umd-modalities", "CT",
+        tmp_path,
+        "--umd-model",
+        "vendor_seg:Everything",
+        "--umd-models",
+        "vendor-everything",
+        "--umd-subjects",
+        "2",
+        "--umd-modalities",
+        "CT",
         env={"PYTHONPATH": str(tmp_path)},
     )
     assert process.returncode == 1, process.stdout[-3000:]  # labelling everything fails the bar

@@ -28,7 +28,10 @@ def test_most_specific_rule_wins_and_later_rules_break_ties(tmp_path: Path) -> N
     assert policy.threshold("unet-ct", "PET_CT", "liver").source == "pet"  # 2 fields beat 1
     assert policy.threshold("unet-ct", "CT", "liver").source == "user liver"  # later tie wins
     assert policy.threshold("unet-ct", "CT", "spleen").min == 0.5  # the user's file beats defaults
-    assert policy.threshold("other", "CT", "aorta").min == load_policy().threshold("x", "CT", "aorta").min
+    assert (
+        policy.threshold("other", "CT", "aorta").min
+        == load_policy().threshold("x", "CT", "aorta").min
+    )
 
 
 def test_rules_within_one_file_prefer_the_more_specific(tmp_path: Path) -> None:
@@ -66,7 +69,7 @@ def test_bad_policy_files_say_what_is_wrong(tmp_path: Path, text: str, message: 
 
 
 def test_missing_policy_file_is_named() -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere.toml"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.toml"):
         load_policy("nowhere.toml")
 
 

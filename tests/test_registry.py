@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from umdbench.models.base import PromptKind, SegmentationModel
+
 from umdbench.registry import ModelRegistry, import_model_class
 
-VENDOR_MODULE = '''
+VENDOR_MODULE = """
 from __future__ import annotations
 import numpy as np
 from umdbench.models.base import SegmentationModel
@@ -25,7 +25,7 @@ class VendorThreshold(SegmentationModel):
 
     def predict(self, image, modality, prompt):
         return (image.array > 50).astype(np.int16)
-'''
+"""
 
 
 @pytest.fixture

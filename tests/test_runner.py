@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel
 
 from umdbench.cases import Case
 from umdbench.cohort import Cohort
-from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel
 from umdbench.policy import Threshold
 from umdbench.prediction_cache import PredictionCache
 from umdbench.runner import CaseRunner
@@ -83,7 +83,9 @@ class FakeRegistry:
 BAR = Threshold("dice", 0.5, "test bar")
 
 
-def runner(cohort: Cohort, *classes: type[SegmentationModel], folder: Path | None = None) -> CaseRunner:
+def runner(
+    cohort: Cohort, *classes: type[SegmentationModel], folder: Path | None = None
+) -> CaseRunner:
     return CaseRunner(cohort, FakeRegistry(*classes), "cpu", PredictionCache(folder))  # type: ignore[arg-type]
 
 
@@ -146,7 +148,10 @@ def test_empty_reference_is_counted_and_left_out(tiny_cohort: Cohort, tmp_path: 
 
     labels_path = tiny_cohort.scan("s0", "CT").labels
     labels = load_volume(labels_path)
-    save_volume(labels.with_array(np.where(labels.array == 1, 0, labels.array).astype(np.uint8)), labels_path)
+    save_volume(
+        labels.with_array(np.where(labels.array == 1, 0, labels.array).astype(np.uint8)),
+        labels_path,
+    )
     outcome = runner(tiny_cohort, Threshold50).run_case(Case("thr", "CT", "liver"), BAR)
     assert outcome.n_empty_reference == 1 and outcome.n_valid == 1
     assert "empty reference left out" in outcome.failure_message()

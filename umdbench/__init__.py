@@ -1,2 +1,3 @@
 """umdbench core."""
+
 __version__ = "0.1.0"

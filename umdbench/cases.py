@@ -46,7 +46,9 @@ def parse_case_id(case_id: str) -> Case:
     """The inverse of :attr:`Case.id`."""
     match = _CASE_ID.match(case_id)
     if match is None:
-        raise ValueError(f"case id must read <model>-<MODALITY>-<organ>[-<protocol>], got {case_id!r}")
+        raise ValueError(
+            f"case id must read <model>-<MODALITY>-<organ>[-<protocol>], got {case_id!r}"
+        )
     return Case(match["model"], match["modality"], match["organ"], match["protocol"])
 
 

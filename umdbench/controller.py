@@ -76,10 +76,18 @@ class Controller:
         except ValueError:
             return
         self.cases[case_id] = {
-            "case_id": case_id, "model": case.model, "modality": case.modality,
-            "organ": case.organ, "protocol": case.protocol, "outcome": "error",
-            "value": None, "n_valid": 0, "n_empty_reference": 0, "n_errors": 0,
-            "message": _long_text(report), "duration_s": round(report.duration, 4),
+            "case_id": case_id,
+            "model": case.model,
+            "modality": case.modality,
+            "organ": case.organ,
+            "protocol": case.protocol,
+            "outcome": "error",
+            "value": None,
+            "n_valid": 0,
+            "n_empty_reference": 0,
+            "n_errors": 0,
+            "message": _long_text(report),
+            "duration_s": round(report.duration, 4),
         }
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -165,7 +173,11 @@ def summary_table(cases: list[dict[str, Any]]) -> list[str]:
 def _cell(cases: list[dict[str, Any]]) -> str:
     if not cases:
         return "-"
-    values = [c["value"] for c in cases if isinstance(c.get("value"), (int, float)) and math.isfinite(c["value"])]
+    values = [
+        c["value"]
+        for c in cases
+        if isinstance(c.get("value"), (int, float)) and math.isfinite(c["value"])
+    ]
     passed = sum(c["outcome"] in ("passed", "xpassed") for c in cases)
     failed = sum(c["outcome"] == "failed" for c in cases)
     other = len(cases) - passed - failed

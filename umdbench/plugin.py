@@ -41,38 +41,116 @@ def _positive_int(value: str) -> int:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("umdbench", "umdbench: audit segmentation models across modalities")
     add = group.addoption
-    add("--umd-device", metavar="DEVICE", default="auto",
-        help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N. Default: auto.")
-    add("--umd-models", metavar="PATTERNS", type=_csv, default=["*"],
-        help="comma-separated model names or fnmatch patterns to audit. Default: all.")
-    add("--umd-skip-models", metavar="PATTERNS", type=_csv, default=[],
-        help="comma-separated model names or patterns to leave out. Default: none.")
-    add("--umd-model", metavar="MODULE:CLASS", action="append", default=[],
-        help="add a model class without editing the suite (repeatable).")
-    add("--umd-modalities", metavar="ARMS", type=_csv, default=None,
-        help="comma-separated arms among CT,PET_CT,MRI,PET_MRI. Default: every arm of the cohort.")
-    add("--umd-organs", metavar="ORGANS", type=_csv, default=None,
-        help="comma-separated canonical organs. Default: every organ of the cohort.")
-    add("--umd-cohort", metavar="NAME", default="synthetic", choices=["synthetic"],
-        help="built-in cohort to audit when no --umd-dataset is given. Default: synthetic.")
-    add("--umd-subjects", metavar="N", type=_positive_int, default=8,
-        help="subjects in the built-in synthetic cohort. Default: 8.")
-    add("--umd-seed", metavar="SEED", type=int, default=0,
-        help="seed of the built-in synthetic cohort. Default: 0.")
-    add("--umd-dataset", metavar="PATH", default=None,
-        help="audit a real dataset: a manifest file, a dataset folder, or samples / semireal.")
-    add("--umd-results", metavar="FILE", type=Path, default=None,
-        help="where the merged results JSON goes. Default: umd-results/results.json in rootdir.")
-    add("--umd-policy", metavar="FILE", type=Path, default=None,
-        help="TOML policy whose rules are added after the defaults. Default: built-in policy.")
-    add("--umd-weights", metavar="DIR", type=Path, default=None,
-        help="folder with model weights (or set UMD_WEIGHTS). Default: none.")
-    add("--umd-cache", metavar="DIR", type=Path, default=None,
-        help="cohort and decoded-volume cache. Default: $UMD_CACHE_DIR or ~/.cache/umdbench.")
-    add("--umd-prediction-cache", metavar="DIR", type=Path, default=None,
-        help="keep predictions here across runs. Default: a temporary folder for this run.")
-    add("--umd-threads", metavar="N", type=_positive_int, default=None,
-        help="torch CPU threads per process. Default: CPU cores divided by xdist workers.")
+    add(
+        "--umd-device",
+        metavar="DEVICE",
+        default="auto",
+        help="auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N. Default: auto.",
+    )
+    add(
+        "--umd-models",
+        metavar="PATTERNS",
+        type=_csv,
+        default=["*"],
+        help="comma-separated model names or fnmatch patterns to audit. Default: all.",
+    )
+    add(
+        "--umd-skip-models",
+        metavar="PATTERNS",
+        type=_csv,
+        default=[],
+        help="comma-separated model names or patterns to leave out. Default: none.",
+    )
+    add(
+        "--umd-model",
+        metavar="MODULE:CLASS",
+        action="append",
+        default=[],
+        help="add a model class without editing the suite (repeatable).",
+    )
+    add(
+        "--umd-modalities",
+        metavar="ARMS",
+        type=_csv,
+        default=None,
+        help="comma-separated arms among CT,PET_CT,MRI,PET_MRI. Default: every arm of the cohort.",
+    )
+    add(
+        "--umd-organs",
+        metavar="ORGANS",
+        type=_csv,
+        default=None,
+        help="comma-separated canonical organs. Default: every organ of the cohort.",
+    )
+    add(
+        "--umd-cohort",
+        metavar="NAME",
+        default="synthetic",
+        choices=["synthetic"],
+        help="built-in cohort to audit when no --umd-dataset is given. Default: synthetic.",
+    )
+    add(
+        "--umd-subjects",
+        metavar="N",
+        type=_positive_int,
+        default=8,
+        help="subjects in the built-in synthetic cohort. Default: 8.",
+    )
+    add(
+        "--umd-seed",
+        metavar="SEED",
+        type=int,
+        default=0,
+        help="seed of the built-in synthetic cohort. Default: 0.",
+    )
+    add(
+        "--umd-dataset",
+        metavar="PATH",
+        default=None,
+        help="audit a real dataset: a manifest file, a dataset folder, or samples / semireal.",
+    )
+    add(
+        "--umd-results",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="where the merged results JSON goes. Default: umd-results/results.json in rootdir.",
+    )
+    add(
+        "--umd-policy",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="TOML policy whose rules are added after the defaults. Default: built-in policy.",
+    )
+    add(
+        "--umd-weights",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="folder with model weights (or set UMD_WEIGHTS). Default: none.",
+    )
+    add(
+        "--umd-cache",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="cohort and decoded-volume cache. Default: $UMD_CACHE_DIR or ~/.cache/umdbench.",
+    )
+    add(
+        "--umd-prediction-cache",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="keep predictions here across runs. Default: a temporary folder for this run.",
+    )
+    add(
+        "--umd-threads",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads per process. Default: CPU cores divided by xdist workers.",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

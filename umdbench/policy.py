@@ -11,12 +11,13 @@ earlier one, so a user's ``metric = "hd95"`` rule is not shadowed by a default o
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 __all__ = ["GapRule", "Policy", "Threshold", "load_policy"]
 
@@ -85,25 +86,42 @@ class Policy:
     def _read(self, origin: str, document: Mapping[str, Any], layer: int) -> None:
         unknown = set(document) - {"rule", "gap"}
         if unknown:
-            raise ValueError(f"policy {origin}: unknown table(s) {sorted(unknown)}; use [[rule]] and [[gap]]")
+            raise ValueError(
+                f"policy {origin}: unknown table(s) {sorted(unknown)}; use [[rule]] and [[gap]]"
+            )
         for table in document.get("rule", []):
-            self._rules.append(self._parse(origin, table, "min", ("model", "modality", "organ"), layer))
+            self._rules.append(
+                self._parse(origin, table, "min", ("model", "modality", "organ"), layer)
+            )
         for table in document.get("gap", []):
-            self._gaps.append(self._parse(origin, table, "max_gap", ("model", "organ", "comparison"), layer))
+            self._gaps.append(
+                self._parse(origin, table, "max_gap", ("model", "organ", "comparison"), layer)
+            )
 
     def _parse(
-        self, origin: str, table: Mapping[str, Any], bound_key: str, keys: tuple[str, ...], layer: int
+        self,
+        origin: str,
+        table: Mapping[str, Any],
+        bound_key: str,
+        keys: tuple[str, ...],
+        layer: int,
     ) -> _Rule:
         allowed = {*keys, "metric", bound_key, "source"}
         extra = set(table) - allowed
         if extra:
-            raise ValueError(f"policy {origin}: unknown key(s) {sorted(extra)} in {dict(table)}; allowed: {sorted(allowed)}")
+            raise ValueError(
+                f"policy {origin}: unknown key(s) {sorted(extra)} in {dict(table)}; allowed: {sorted(allowed)}"
+            )
         metric = table.get("metric", "dice")
         if metric not in _KNOWN_METRICS:
-            raise ValueError(f"policy {origin}: metric must be one of {', '.join(_KNOWN_METRICS)}, got {metric!r}")
+            raise ValueError(
+                f"policy {origin}: metric must be one of {', '.join(_KNOWN_METRICS)}, got {metric!r}"
+            )
         bound = table.get(bound_key)
         if not isinstance(bound, (int, float)) or isinstance(bound, bool):
-            raise ValueError(f"policy {origin}: `{bound_key}` must be a number, got {bound!r} in {dict(table)}")
+            raise ValueError(
+                f"policy {origin}: `{bound_key}` must be a number, got {bound!r} in {dict(table)}"
+            )
         order = len(self._rules) + len(self._gaps)
         patterns = {k: str(table.get(k, "*")) for k in keys}
         return _Rule(patterns, metric, float(bound), str(table.get("source", origin)), order, layer)
@@ -116,7 +134,9 @@ class Policy:
     def threshold(self, model: str, modality: str, organ: str) -> Threshold:
         rule = self._best(self._rules, {"model": model, "modality": modality, "organ": organ})
         if rule is None:
-            raise LookupError(f"no policy rule matches model={model} modality={modality} organ={organ}")
+            raise LookupError(
+                f"no policy rule matches model={model} modality={modality} organ={organ}"
+            )
         return Threshold(rule.metric, rule.bound, rule.source)
 
     def gap(self, model: str, organ: str, comparison: str) -> GapRule | None:
@@ -125,8 +145,14 @@ class Policy:
 
     def describe(self) -> dict[str, Any]:
         """The rules as recorded in the results file."""
+
         def dump(rule: _Rule, bound: str) -> dict[str, Any]:
-            return {**rule.patterns, "metric": rule.metric, bound: rule.bound, "source": rule.source}
+            return {
+                **rule.patterns,
+                "metric": rule.metric,
+                bound: rule.bound,
+                "source": rule.source,
+            }
 
         return {
             "files": self.sources,
@@ -147,7 +173,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_policy(extra: str | Path | None = None) -> Policy:
     """The default policy, with a user's file appended when given."""
     default = resources.files("umdbench").joinpath("default_policy.toml").read_text()
-    documents: list[tuple[str, Mapping[str, Any]]] = [("umdbench default policy", tomllib.loads(default))]
+    documents: list[tuple[str, Mapping[str, Any]]] = [
+        ("umdbench default policy", tomllib.loads(default))
+    ]
     if extra is not None:
         documents.append((str(extra), _read_toml(Path(extra))))
     return Policy(documents)

@@ -61,7 +61,9 @@ def import_model_class(spec: str) -> type[SegmentationModel]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r} for model {spec!r}: {error}") from error
+        raise ValueError(
+            f"cannot import module {module_name!r} for model {spec!r}: {error}"
+        ) from error
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ValueError(f"module {module_name!r} has no attribute {class_name!r} (model {spec!r})")
@@ -78,7 +80,9 @@ def _check_model_class(cls: object, origin: str) -> None:
             f"{origin}: `name` must be lower-case letters, digits, '.', '_' or '-', got {name!r}"
         )
     if any(f"-{arm}-" in f"-{name}-" for arm in MODALITIES):
-        raise TypeError(f"{origin}: `name` must not contain a modality ({', '.join(MODALITIES)}), got {name!r}")
+        raise TypeError(
+            f"{origin}: `name` must not contain a modality ({', '.join(MODALITIES)}), got {name!r}"
+        )
     if not cls.organs:
         raise TypeError(f"{origin} must list the canonical organs it segments in `organs`")
 

@@ -80,13 +80,21 @@ class CaseOutcome:
         lines = [
             f"{self.case.id}: {self.threshold.describe()} required ({self.threshold.source}),"
             f" got {self.value:.3f} over {self.n_valid} subject(s)"
-            + (f"; {self.n_empty_reference} with an empty reference left out" if self.n_empty_reference else "")
+            + (
+                f"; {self.n_empty_reference} with an empty reference left out"
+                if self.n_empty_reference
+                else ""
+            )
         ]
-        scored = [r for r in self.records if r["status"] == "ok" and _finite(r.get(self.threshold.metric))]
+        scored = [
+            r for r in self.records if r["status"] == "ok" and _finite(r.get(self.threshold.metric))
+        ]
         reverse = self.threshold.metric in LOWER_IS_BETTER
         scored.sort(key=lambda r: r[self.threshold.metric], reverse=reverse)
         if scored:
-            shown = ", ".join(f"{r['subject']} {r[self.threshold.metric]:.3f}" for r in scored[:worst])
+            shown = ", ".join(
+                f"{r['subject']} {r[self.threshold.metric]:.3f}" for r in scored[:worst]
+            )
             lines.append(f"worst subjects ({self.threshold.metric}): {shown}")
         lines.extend(self.messages)
         return "\n".join(lines)
@@ -184,7 +192,9 @@ class CaseRunner:
 
     def _aggregate(self, outcome: CaseOutcome) -> None:
         metric = outcome.threshold.metric
-        values = [r[metric] for r in outcome.records if r["status"] == "ok" and _finite(r.get(metric))]
+        values = [
+            r[metric] for r in outcome.records if r["status"] == "ok" and _finite(r.get(metric))
+        ]
         outcome.n_valid = len(values)
         outcome.n_empty_reference = sum(r["status"] == "empty_reference" for r in outcome.records)
         outcome.n_errors = sum(r["status"] == "error" for r in outcome.records)
@@ -213,7 +223,10 @@ class CaseRunner:
             image, labels = self._volumes.get(scan, self.loader)
             reference = scan.organ_mask(labels, case.organ)
         except Exception as error:
-            record.update(status="error", error=f"{scan.key}: cannot load {scan.image} / {scan.labels}: {error}")
+            record.update(
+                status="error",
+                error=f"{scan.key}: cannot load {scan.image} / {scan.labels}: {error}",
+            )
             return record
         record["spacing"] = list(image.spacing)
         if not reference.any():
@@ -250,21 +263,32 @@ class CaseRunner:
             def make() -> CachedPrediction:
                 labels, seconds = self._timed(lambda: model.predict(image, case.modality, None))
                 _check_grid(model, scan, image, labels)
-                return CachedPrediction(labels.astype(np.int16, copy=False), seconds, self.device, {})
+                return CachedPrediction(
+                    labels.astype(np.int16, copy=False), seconds, self.device, {}
+                )
 
             return self.predictions.get_or_make(key, make)
         seed = case_seed(model.name, scan.key, case.organ, case.protocol or "")
-        key = prediction_key(model.name, model.weights_id(), scan.key, str(scan.image), case.organ, str(case.protocol), str(seed))
+        key = prediction_key(
+            model.name,
+            model.weights_id(),
+            scan.key,
+            str(scan.image),
+            case.organ,
+            str(case.protocol),
+            str(seed),
+        )
 
         def make_prompted() -> CachedPrediction:
             result, seconds = self._timed(
-                lambda: run_prompted(model, image, case.modality, reference, case.organ, case.protocol or "", seed)
+                lambda: run_prompted(
+                    model, image, case.modality, reference, case.organ, case.protocol or "", seed
+                )
             )
             _check_grid(model, scan, image, result.mask)
-            extra: dict[str, object] = {"prompt": result.prompt, "oracle": result.oracle}
-            if result.steps:
-                extra["steps"] = result.steps
-            return CachedPrediction(result.mask.astype(np.uint8), seconds, self.device, extra)
+            return CachedPrediction(
+                result.mask.astype(np.uint8), seconds, self.device, result.to_record()
+            )
 
         return self.predictions.get_or_make(key, make_prompted)
 
@@ -320,4 +344,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 def records_by_subject(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float]:
     """``{subject: figure}`` over the records with a finite figure (paired statistics use it)."""
-    return {r["subject"]: float(r[metric]) for r in records if r.get("status") == "ok" and _finite(r.get(metric))}
+    return {
+        r["subject"]: float(r[metric])
+        for r in records
+        if r.get("status") == "ok" and _finite(r.get(metric))
+    }

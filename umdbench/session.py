@@ -83,12 +83,16 @@ class UmdOptions:
         """Refuse impossible values before any work, with the accepted values in the message."""
         for arm in self.modalities or []:
             if arm not in MODALITIES:
-                raise pytest.UsageError(f"--umd-modalities must name arms among {', '.join(MODALITIES)}, got {arm!r}")
+                raise pytest.UsageError(
+                    f"--umd-modalities must name arms among {', '.join(MODALITIES)}, got {arm!r}"
+                )
         for organ in self.organs or []:
             if organ not in CANONICAL_ORGANS:
                 close = difflib.get_close_matches(organ, CANONICAL_ORGANS, n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise pytest.UsageError(f"--umd-organs must name canonical organs, got {organ!r}{hint}")
+                raise pytest.UsageError(
+                    f"--umd-organs must name canonical organs, got {organ!r}{hint}"
+                )
         if self.policy is not None and not self.policy.is_file():
             raise pytest.UsageError(f"--umd-policy file not found: {self.policy}")
         if self.weights is not None:
@@ -172,8 +176,16 @@ class UmdSession:
         """The case matrix, or one skipped placeholder that says why there is none."""
         cohort = self.cohort()
         if cohort is None:
-            return [pytest.param(None, marks=pytest.mark.skip(reason=self._cohort_error), id="dataset-unavailable")]
+            return [
+                pytest.param(
+                    None,
+                    marks=pytest.mark.skip(reason=self._cohort_error),
+                    id="dataset-unavailable",
+                )
+            ]
         models = [self.registry.get(name) for name in self.model_names()]
+        for model in models:
+            _check_model_protocols(model)
         return build_cases(
             [(m.name, m.organs, m.protocols) for m in models],
             self._selected(cohort.modalities, self.options.modalities),
@@ -184,7 +196,13 @@ class UmdSession:
         """Every (model, organ, arm pair) with both arms in the cohort."""
         cohort = self.cohort()
         if cohort is None:
-            return [pytest.param(None, marks=pytest.mark.skip(reason=self._cohort_error), id="dataset-unavailable")]
+            return [
+                pytest.param(
+                    None,
+                    marks=pytest.mark.skip(reason=self._cohort_error),
+                    id="dataset-unavailable",
+                )
+            ]
         arms = self._selected(cohort.modalities, self.options.modalities)
         organs = self._selected(cohort.organs, self.options.organs)
         gaps = []
@@ -256,3 +274,16 @@ def _scan_loader(cache: Path) -> ScanLoader:
     except ImportError:
         return ScanLoader()
     return CachedScanLoader(cache)  # type: ignore[no-any-return]
+
+
+def _check_model_protocols(model: type[Any]) -> None:
+    """A promptable model must name protocols the suite knows; say which one is wrong."""
+    from umdbench.models.base import PromptKind
+    from umdbench.protocols import check_protocols
+
+    if model.prompt_kind is PromptKind.NONE:
+        return
+    try:
+        check_protocols(model)
+    except (ValueError, TypeError) as error:
+        raise pytest.UsageError(f"model {model.name}: {error}") from error

@@ -63,7 +63,9 @@ def load_volume(path: str | Path, dtype: type | None = None) -> Volume:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)  # type: ignore[attr-defined]
     except Exception as error:  # nibabel raises many types for corrupt files
-        raise ValueError(f"cannot read {path}: {error} (is the file complete and NIfTI?)") from error
+        raise ValueError(
+            f"cannot read {path}: {error} (is the file complete and NIfTI?)"
+        ) from error
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
