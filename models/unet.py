@@ -53,7 +53,7 @@ def build_network() -> UNet:
 
 def to_model_grid(image: Volume, mode: str = "bilinear") -> MetaTensor:
     """The scan as a (1, X, Y, Z) MetaTensor in RAS at 4 mm, keeping its affine for the inverse."""
-    tensor = MetaTensor(
+    tensor: torch.Tensor = MetaTensor(
         torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
         affine=torch.from_numpy(image.affine),
     )

@@ -134,3 +134,131 @@ def test_vendor_model_runs_without_editing_the_suite(tmp_path: Path) -> None:
     assert case["case_id"] == "vendor-everything-CT-liver" and case["outcome"] == "failed"
     assert "worst subjects" in case["message"]
     assert document["models"]["vendor-everything"]["origin"] == "--umd-model vendor_seg:Everything"
+
+
+def _policy(tmp_path: Path) -> Path:
+    """Liver can never pass, spleen always does: verdicts the tests can rely on."""
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        '[[rule]]\norgan = "liver"\nmin = 1.01\nsource = "unreachable"\n'
+        '[[rule]]\norgan = "spleen"\nmin = 0.0\nsource = "always"\n'
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_baseline_turns_known_failures_into_xfail(tmp_path: Path) -> None:
+    common = [
+        "--umd-subjects",
+        "2",
+        "--umd-models",
+        "classical-otsu",
+        "--umd-modalities",
+        "CT",
+        "--umd-organs",
+        "liver,spleen",
+        "--umd-policy",
+        str(_policy(tmp_path)),
+        "--umd-no-report",
+    ]
+    baseline = tmp_path / "baseline.json"
+    first, _ = run_suite(
+        tmp_path, *common, "--umd-baseline", str(baseline), "--umd-baseline-update"
+    )
+    assert first.returncode == 1 and baseline.is_file(), first.stdout[-2000:]
+    known = json.loads(baseline.read_text())["known_failures"]
+    assert set(known) == {"classical-otsu-CT-liver-box"}
+    second, document = run_suite(tmp_path, *common, "--umd-baseline", str(baseline))
+    assert second.returncode == 0, second.stdout[-3000:]
+    outcomes = {c["case_id"]: c["outcome"] for c in document["cases"]}
+    assert outcomes == {
+        "classical-otsu-CT-liver-box": "xfailed",
+        "classical-otsu-CT-spleen-box": "passed",
+    }
+    assert "1 known failure(s), 0 new failure(s)" in second.stdout
+
+
+@pytest.mark.slow
+def test_shards_split_models_and_merge_back(tmp_path: Path) -> None:
+    (tmp_path / "vendor_seg.py").write_text(
+        "import numpy as np\n"
+        "from umdbench.models.base import SegmentationModel\n"
+        "class Nothing(SegmentationModel):\n"
+        "    name = 'vendor-nothing'\n"
+        "    organs = ('liver',)\n"
+        "    label_ids = {'liver': 1}\n"
+        "    def load(self, device): pass\n"
+        "    def predict(self, image, modality, prompt):\n"
+        "        return np.zeros(image.shape, dtype=np.int16)\n"
+    )
+    common = [
+        "--umd-model",
+        "vendor_seg:Nothing",
+        "--umd-models",
+        "classical-otsu,vendor-nothing",
+        "--umd-subjects",
+        "2",
+        "--umd-modalities",
+        "CT",
+        "--umd-organs",
+        "liver",
+        "--umd-no-report",
+    ]
+    env = {"PYTHONPATH": str(tmp_path)}
+    shards = []
+    for k in (1, 2):
+        folder = tmp_path / f"shard{k}"
+        folder.mkdir()
+        _, document = run_suite(folder, *common, "--umd-shard", f"{k}/2", env=env)
+        shards.append(folder / "results.json")
+        assert len({c["model"] for c in document["cases"]}) == 1  # whole models per shard
+    merged = tmp_path / "merged.json"
+    subprocess.run(
+        [sys.executable, "-m", "umdbench.cli", "merge", *map(str, shards), "-o", str(merged)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    ids = sorted(c["case_id"] for c in json.loads(merged.read_text())["cases"])
+    assert ids == ["classical-otsu-CT-liver-box", "vendor-nothing-CT-liver"]
+
+
+@pytest.mark.slow
+def test_gap_cases_pair_subjects_and_report_is_written(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(REPO / "benchmarks"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-n",
+        "2",
+        "--umd-results",
+        str(results),
+        "--umd-subjects",
+        "3",
+        "--umd-models",
+        "classical-otsu",
+        "--umd-organs",
+        "spleen",
+        "--umd-modalities",
+        "CT,PET_CT",
+        "--umd-policy",
+        str(_policy(tmp_path)),
+    ]
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert process.returncode in (0, 1), process.stdout[-3000:]
+    document = json.loads(results.read_text())
+    (gap,) = document["run"]["gaps"]
+    assert gap["gap_id"] == "classical-otsu-spleen-CT~PET_CT-box" and gap["n_pairs"] == 3
+    assert gap["outcome"] in ("passed", "failed") and gap["max_gap"] == pytest.approx(0.10)
+    by_arm = {
+        a: {r["subject"]: r["dice"] for r in document["records"] if r["modality"] == a}
+        for a in ("CT", "PET_CT")
+    }
+    expected = sum(by_arm["CT"][s] - by_arm["PET_CT"][s] for s in by_arm["CT"]) / 3
+    assert gap["mean_diff"] == pytest.approx(expected)
+    assert (tmp_path / "report.html").is_file() and "umdbench report:" in process.stdout

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from umdbench.cases import parse_case_id
-from umdbench.results import environment_info, write_results
+from umdbench.results import environment_info, read_results, write_results
 from umdbench.session import UmdSession
 
 __all__ = ["CASE_PROPERTY", "GAP_PROPERTY", "RECORDS_PROPERTY", "Controller"]
@@ -42,13 +43,14 @@ class Controller:
         self.records: list[dict[str, Any]] = []
         self.gaps: dict[str, dict[str, Any]] = {}
         self.results_path: Any = None
+        self.notes: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        properties = dict(report.user_properties)
+        properties: dict[str, Any] = {str(k): v for k, v in report.user_properties}
         if CASE_PROPERTY in properties:
             self._take_case(report, properties)
         elif GAP_PROPERTY in properties:
-            gap = dict(properties[GAP_PROPERTY])
+            gap = dict(properties[GAP_PROPERTY])  # a copy: the report keeps its own
             gap["outcome"] = _outcome(report)
             self.gaps[gap["gap_id"]] = gap
         elif report.failed and "test_segmentation[" in report.nodeid:
@@ -91,15 +93,46 @@ class Controller:
         }
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write the results, then what is derived from them (baseline, report)."""
         if not self.cases:
             return
+        options = self.session.options
         self.results_path = write_results(
-            self.session.options.results,
+            options.results,
             run=self._run_info(),
             models=self._models_info(),
             cases=list(self.cases.values()),
             records=self.records,
         )
+        document = read_results(self.results_path)
+        if options.baseline is not None:
+            self._baseline_step(document, options.baseline)
+        if not options.no_report:
+            self._report_step(options.report or self.results_path.parent)
+
+    def _baseline_step(self, document: dict[str, Any], baseline: Path) -> None:
+        from umdbench.baseline import write_baseline
+
+        if self.session.options.baseline_update:
+            path = write_baseline(document, baseline)
+            self.notes.append(f"umdbench baseline written: {path}")
+            return
+        self.notes.extend(self.session.baseline().review(document).summary_lines())
+
+    def _report_step(self, folder: Any) -> None:
+        """Render the report; a failure here is reported and never costs the results file."""
+        from umdbench.report import render_report
+
+        try:
+            written = render_report(self.results_path, folder, seed=self.session.options.seed)
+        except Exception as error:
+            self.notes.append(
+                f"umdbench report FAILED ({type(error).__name__}: {error}); the results are safe in"
+                f" {self.results_path}: render again with `umdbench report {self.results_path}`"
+            )
+            return
+        html = next((p for p in written if p.name == "report.html"), None)
+        self.notes.append(f"umdbench report: {html or folder}")
 
     def _run_info(self) -> dict[str, Any]:
         cohort = self.session.cohort()
@@ -131,8 +164,14 @@ class Controller:
                 continue
             info = cls.metadata()
             info["origin"] = registry.origin(name)
-            weights = {r.get("weights_id") for r in self.records if r["model"] == name} - {None}
-            info["weights_id"] = sorted(weights)[0] if len(weights) == 1 else sorted(weights)
+            weights = sorted(
+                {
+                    str(r["weights_id"])
+                    for r in self.records
+                    if r["model"] == name and r.get("weights_id")
+                }
+            )
+            info["weights_id"] = weights[0] if len(weights) == 1 else weights
             models[name] = info
         return models
 
@@ -143,6 +182,8 @@ class Controller:
             terminalreporter.write_line(line)
         if self.results_path is not None:
             terminalreporter.write_line(f"umdbench results: {self.results_path}")
+        for note in self.notes:
+            terminalreporter.write_line(note)
 
 
 def _long_text(report: pytest.TestReport) -> str:

@@ -68,7 +68,7 @@ def import_model_class(spec: str) -> type[SegmentationModel]:
     if cls is None:
         raise ValueError(f"module {module_name!r} has no attribute {class_name!r} (model {spec!r})")
     _check_model_class(cls, origin=spec)
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def _check_model_class(cls: object, origin: str) -> None:
@@ -83,7 +83,7 @@ def _check_model_class(cls: object, origin: str) -> None:
         raise TypeError(
             f"{origin}: `name` must not contain a modality ({', '.join(MODALITIES)}), got {name!r}"
         )
-    if not cls.organs:
+    if not getattr(cls, "organs", ()):
         raise TypeError(f"{origin} must list the canonical organs it segments in `organs`")
 
 

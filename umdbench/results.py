@@ -125,7 +125,7 @@ def read_results(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} has results schema_version {version!r}; this umdbench reads {SCHEMA_VERSION}"
         )
-    return document  # type: ignore[no-any-return]
+    return document
 
 
 def merge_results(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -192,8 +192,13 @@ class CaseRunner:
 
     def _aggregate(self, outcome: CaseOutcome) -> None:
         metric = outcome.threshold.metric
+        # NaN (undefined) is left out; inf (e.g. HD95 of an empty prediction) counts, and fails.
         values = [
-            r[metric] for r in outcome.records if r["status"] == "ok" and _finite(r.get(metric))
+            r[metric]
+            for r in outcome.records
+            if r["status"] == "ok"
+            and isinstance(r.get(metric), (int, float))
+            and not math.isnan(r[metric])
         ]
         outcome.n_valid = len(values)
         outcome.n_empty_reference = sum(r["status"] == "empty_reference" for r in outcome.records)

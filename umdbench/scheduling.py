@@ -17,7 +17,7 @@ from umdbench.cases import schedule_group
 __all__ = ["CaseGroupScheduling"]
 
 
-class CaseGroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+class CaseGroupScheduling(LoadScopeScheduling):
     """``--dist load``/``loadscope`` with ``test_segmentation`` cases grouped by model and arm."""
 
     def __init__(self, config: Any, log: Any = None) -> None:

@@ -50,6 +50,11 @@ class UmdOptions:
     cache: Path = field(default_factory=default_cache_dir)
     prediction_dir: Path | None = None
     threads: int | None = None
+    shard: tuple[int, int] | None = None
+    baseline: Path | None = None
+    baseline_update: bool = False
+    report: Path | None = None
+    no_report: bool = False
 
     @classmethod
     def from_config(cls, config: pytest.Config, workerinput: dict[str, Any] | None) -> UmdOptions:
@@ -75,6 +80,11 @@ class UmdOptions:
             cache=get("umd_cache") or default_cache_dir(),
             prediction_dir=prediction_dir,
             threads=get("umd_threads"),
+            shard=_parse_shard(get("umd_shard")),
+            baseline=get("umd_baseline"),
+            baseline_update=get("umd_baseline_update"),
+            report=get("umd_report"),
+            no_report=get("umd_no_report"),
         )
         options.validate()
         return options
@@ -95,6 +105,12 @@ class UmdOptions:
                 )
         if self.policy is not None and not self.policy.is_file():
             raise pytest.UsageError(f"--umd-policy file not found: {self.policy}")
+        if self.baseline_update and self.baseline is None:
+            raise pytest.UsageError("--umd-baseline-update needs --umd-baseline FILE to write to")
+        if self.baseline is not None and not self.baseline_update and not self.baseline.is_file():
+            raise pytest.UsageError(
+                f"--umd-baseline file not found: {self.baseline} (write one with --umd-baseline-update)"
+            )
         if self.weights is not None:
             if not self.weights.is_dir():
                 raise pytest.UsageError(f"--umd-weights must be a folder, got {self.weights}")
@@ -103,6 +119,17 @@ class UmdOptions:
     def recorded(self) -> dict[str, Any]:
         """The options as written into the results file."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()}
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    from umdbench.shards import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as error:
+        raise pytest.UsageError(f"--umd-shard: {error}") from error
 
 
 class DatasetUnavailable(Exception):
@@ -121,6 +148,7 @@ class UmdSession:
         self._policy: Policy | None = None
         self._runner: Any = None
         self._owned_prediction_dir: Path | None = None
+        self._baseline: Any = None
 
     # -- what the run is about ------------------------------------------------------------
     @property
@@ -164,10 +192,30 @@ class UmdSession:
         )
 
     def model_names(self) -> list[str]:
+        """The models this run audits: selected by pattern, then by shard."""
         try:
-            return self.registry.select(self.options.models, self.options.skip_models)
+            names = self.registry.select(self.options.models, self.options.skip_models)
         except KeyError as error:
             raise pytest.UsageError(f"--umd-models: {error.args[0]}") from error
+        if self.options.shard is None:
+            return names
+        from umdbench.shards import select_shard
+
+        keep = select_shard(names, *self.options.shard)
+        return [name for name in names if name in keep]
+
+    def baseline(self) -> Any:
+        """The known-failure baseline to check against, or None (also while updating it)."""
+        if self.options.baseline is None or self.options.baseline_update:
+            return None
+        if self._baseline is None:
+            from umdbench.baseline import load_baseline
+
+            try:
+                self._baseline = load_baseline(self.options.baseline)
+            except (ValueError, FileNotFoundError) as error:
+                raise pytest.UsageError(str(error)) from error
+        return self._baseline
 
     def _selected(self, available: tuple[str, ...], chosen: list[str] | None) -> list[str]:
         return [x for x in available if chosen is None or x in chosen]
@@ -179,7 +227,7 @@ class UmdSession:
             return [
                 pytest.param(
                     None,
-                    marks=pytest.mark.skip(reason=self._cohort_error),
+                    marks=pytest.mark.skip(reason=self._cohort_error or "no cohort"),
                     id="dataset-unavailable",
                 )
             ]
@@ -199,7 +247,7 @@ class UmdSession:
             return [
                 pytest.param(
                     None,
-                    marks=pytest.mark.skip(reason=self._cohort_error),
+                    marks=pytest.mark.skip(reason=self._cohort_error or "no cohort"),
                     id="dataset-unavailable",
                 )
             ]
@@ -273,7 +321,7 @@ def _scan_loader(cache: Path) -> ScanLoader:
         from umdbench.data import CachedScanLoader
     except ImportError:
         return ScanLoader()
-    return CachedScanLoader(cache)  # type: ignore[no-any-return]
+    return CachedScanLoader(cache)
 
 
 def _check_model_protocols(model: type[Any]) -> None:

@@ -21,15 +21,23 @@ def nsd(sd: SurfaceDistances, tolerance: float) -> float:
     return float(near / total)
 
 
+def _sorted(dist: np.ndarray, area: np.ndarray, pairs: tuple | None) -> tuple:
+    """(distance, area) sorted by distance then area, as DeepMind sorts its tuples."""
+    if pairs is not None:
+        return pairs
+    order = np.lexsort((area, dist))
+    return dist[order], area[order]
+
+
 def _directed_percentile(dist: np.ndarray, area: np.ndarray, percent: float) -> float:
-    """Smallest distance whose cumulative area share (sorted by distance, then area) reaches
-    ``percent``; the last one if rounding keeps the share below it."""
+    """Smallest distance (of pairs already sorted) whose cumulative area share reaches
+    ``percent``; the last one if rounding keeps the share below it (DeepMind's arithmetic:
+    sequential cumsum over the sorted areas, divided by their pairwise sum)."""
     if len(dist) == 0:
         return math.inf
-    order = np.lexsort((area, dist))
-    cumulative = np.cumsum(area[order]) / np.sum(area[order])
+    cumulative = np.cumsum(area) / np.sum(area)
     index = int(np.searchsorted(cumulative, percent / 100.0))
-    return float(dist[order][min(index, len(dist) - 1)])
+    return float(dist[min(index, len(dist) - 1)])
 
 
 def robust_hausdorff(sd: SurfaceDistances, percent: float) -> float:
@@ -37,8 +45,8 @@ def robust_hausdorff(sd: SurfaceDistances, percent: float) -> float:
     if len(sd.dist_ref) == 0 and len(sd.dist_pred) == 0:
         return math.nan
     return max(
-        _directed_percentile(sd.dist_ref, sd.area_ref, percent),
-        _directed_percentile(sd.dist_pred, sd.area_pred, percent),
+        _directed_percentile(*_sorted(sd.dist_ref, sd.area_ref, sd.sorted_ref), percent),
+        _directed_percentile(*_sorted(sd.dist_pred, sd.area_pred, sd.sorted_pred), percent),
     )
 
 

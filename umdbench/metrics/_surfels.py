@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["area_table", "neighbour_codes"]
+__all__ = ["area_table", "border_pair", "neighbour_codes"]
 
 # Bit of the voxel at offset (a, b, c) in the 2x2x2 cell: (0, 0, 0) is the high bit.
 _BITS = tuple((a, b, c, 7 - (4 * a + 2 * b + c)) for a in (0, 1) for b in (0, 1) for c in (0, 1))
@@ -70,3 +70,43 @@ def neighbour_codes(mask: np.ndarray) -> np.ndarray:
     for a, b, c, bit in _BITS:
         codes |= padded[a : a + nx, b : b + ny, c : c + nz] << np.uint8(bit)
     return codes
+
+
+def _mixed(voxels: np.ndarray) -> np.ndarray:
+    """Per corner, the bits that differ among its 2x2x2 voxels: (OR of the cell) ^ (AND of the
+    cell), each reduced axis by axis (6 cheap passes instead of 8 shifted copies)."""
+    any_, all_ = voxels[:-1] | voxels[1:], voxels[:-1] & voxels[1:]
+    any_, all_ = any_[:, :-1] | any_[:, 1:], all_[:, :-1] & all_[:, 1:]
+    any_, all_ = any_[:, :, :-1] | any_[:, :, 1:], all_[:, :, :-1] & all_[:, :, 1:]
+    np.bitwise_xor(any_, all_, out=any_)
+    return any_
+
+
+def border_pair(
+    pred: np.ndarray, ref: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Surfel corners of two boolean masks of one grid, found in one sweep.
+
+    Returns the corner grid of mixed bits (bit 0: pred surfel, bit 1: ref surfel; shape
+    ``mask.shape + 1``), the flat corner indices that carry any bit, and the pred and ref codes
+    of those corners (uint8). Codes are computed only on that boundary band, by eight gathers.
+    """
+    voxels = np.zeros(tuple(n + 2 for n in pred.shape), np.uint8)
+    inner = voxels[1:-1, 1:-1, 1:-1]
+    np.left_shift(ref.view(np.uint8), 1, out=inner)
+    np.bitwise_or(inner, pred.view(np.uint8), out=inner)
+    mixed = _mixed(voxels)
+    corners = np.flatnonzero(mixed)
+    _, vy, vz = voxels.shape
+    cy, cz = mixed.shape[1], mixed.shape[2]
+    x, rest = np.divmod(corners, cy * cz)
+    y, z = np.divmod(rest, cz)
+    base = (x * vy + y) * vz + z
+    flat = voxels.reshape(-1)
+    code_p = np.zeros(len(corners), np.uint8)
+    code_r = np.zeros(len(corners), np.uint8)
+    for a, b, c, bit in _BITS:
+        cell = flat.take(base + ((a * vy + b) * vz + c), mode="clip")
+        code_p |= (cell & 1) << np.uint8(bit)
+        code_r |= (cell >> 1) << np.uint8(bit)
+    return mixed, corners, code_p, code_r

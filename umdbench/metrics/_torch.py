@@ -68,7 +68,7 @@ def _directed(
     hit = flat[index]
     dist[hit] = 0.0
     todo = torch.nonzero(~hit).flatten()
-    shifts = (torch.as_tensor(delta_np, device=coords.device) * strides).sum(1).tolist()
+    shifts = (torch.tensor(delta_np, device=coords.device) * strides).sum(1).tolist()
     for shift, step in zip(shifts, length_np.tolist(), strict=True):
         if len(todo) == 0:
             break

@@ -141,33 +141,51 @@ def crop_figures(
     return figures
 
 
+def _byte_rows(array: np.ndarray) -> np.ndarray:
+    """The array as one row of machine words per index of axis 0 (uint64 when the row's bytes
+    allow it), so that "any non-zero" runs 8 voxels per operation."""
+    rows = np.ascontiguousarray(array).reshape(array.shape[0], -1).view(np.uint8)
+    return rows.view(np.uint64) if rows.shape[1] % 8 == 0 else rows
+
+
 def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of a C-ordered boolean mask: the first and last True of the flat array
-    bound axis 0 (argmax stops early), one projection of that slab gives the other two."""
-    flat = mask.reshape(-1)
-    if not flat[flat.argmax()]:
+    """Bounding box of the non-zero voxels of a 3D array (a mask or a label map): axis 0 from
+    one max per row of words, the other two from the bitwise OR of the occupied rows."""
+    if mask.size == 0:
         return None
-    plane = mask.shape[1] * mask.shape[2]
-    first, last = int(flat.argmax()) // plane, (flat.size - 1 - int(flat[::-1].argmax())) // plane
-    projection = np.any(mask[first : last + 1], axis=0)
-    rows, cols = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
+    words = _byte_rows(mask)
+    xs = np.flatnonzero(words.max(axis=1))
+    if len(xs) == 0:
+        return None
+    slab = np.bitwise_or.reduce(words[xs[0] : xs[-1] + 1], axis=0)
+    plane = slab.view(np.uint8).reshape(mask.shape[1], -1)
+    ys, zs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    item = mask.dtype.itemsize
     return (
-        slice(first, last + 1),
-        slice(int(rows[0]), int(rows[-1]) + 1),
-        slice(int(cols[0]), int(cols[-1]) + 1),
+        slice(int(xs[0]), int(xs[-1]) + 1),
+        slice(int(ys[0]), int(ys[-1]) + 1),
+        slice(int(zs[0]) // item, int(zs[-1]) // item + 1),
     )
 
 
 def union_box(*masks: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box of the union of boolean masks; None when all are empty."""
-    boxes = [box for box in (mask_box(np.ascontiguousarray(m)) for m in masks) if box]
+    boxes = [box for box in (mask_box(m) for m in masks) if box]
     return merge_boxes(boxes)
 
 
 def label_boxes(labels: np.ndarray) -> Mapping[int, tuple[slice, ...]]:
-    """Bounding box of every positive label value, from one pass over the map."""
-    boxes = ndimage.find_objects(labels)
-    return {i + 1: box for i, box in enumerate(boxes) if box is not None}
+    """Bounding box of every positive label value: one pass of ``find_objects`` over the
+    bounding box of all labels only (whole-body maps are mostly background)."""
+    outer = mask_box(labels)
+    if outer is None:
+        return {}
+    boxes = ndimage.find_objects(labels[outer])
+    return {
+        i + 1: tuple(slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, box, strict=True))
+        for i, box in enumerate(boxes)
+        if box is not None
+    }
 
 
 def merge_boxes(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...] | None:

@@ -1,0 +1,87 @@
+"""A short run of the main job that checks verdicts, not that every case passes.
+
+    python scripts/ci_smoke.py
+
+Runs ``pytest benchmarks -n 4`` on a small matrix (3 subjects, a few organs) and checks: pytest
+ended normally (0 or 1, never an internal, usage or no-tests error); the results file holds
+every case exactly once; the verdicts the study predicts hold (the CT-only UNet passes CT and
+fails PET; its CT~PET_CT gap fails); the report was written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ORGANS = ("liver", "kidney_left", "lung", "brain")
+ARMS = ("CT", "PET_CT", "MRI", "PET_MRI")
+
+EXPECTED_CASES = {
+    "unet-ct-CT-liver": "passed",
+    "unet-ct-CT-lung": "passed",
+    "unet-ct-PET_CT-liver": "failed",
+    "unet-ct-PET_MRI-liver": "failed",
+}
+EXPECTED_GAPS = {
+    "unet-ct-liver-CT~PET_CT": "failed",
+}
+
+
+def run_main_job(out: Path) -> tuple[int, str]:
+    command = [
+        sys.executable, "-m", "pytest", "benchmarks", "-n", "4", "-p", "no:cacheprovider",
+        "-q", "--no-header", "-rN",
+        "--umd-subjects", "3", "--umd-organs", ",".join(ORGANS),
+        "--umd-skip-models", "vista3d,sam-med3d*,seganypet",
+        "--umd-results", str(out / "results.json"),
+    ]
+    print("$", " ".join(command), flush=True)
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    return process.returncode, process.stdout + process.stderr
+
+
+def check(out: Path, status: int, output: str) -> list[str]:
+    problems = []
+    if status not in (0, 1):
+        problems.append(f"pytest exited {status} (0 or 1 expected: 2+ is an interruption, usage error or no tests)")
+        return problems
+    document = json.loads((out / "results.json").read_text())
+    ids = Counter(case["case_id"] for case in document["cases"])
+    problems += [f"case {c} appears {n} times" for c, n in ids.items() if n != 1]
+    for model in ("unet-ct", "unet-multimodal", "deepbet", "classical-otsu"):
+        if not any(case["model"] == model for case in document["cases"]):
+            problems.append(f"no case of built-in model {model}")
+    outcome = {case["case_id"]: case["outcome"] for case in document["cases"]}
+    gaps = {gap["gap_id"]: gap["outcome"] for gap in document["run"]["gaps"]}
+    for expected, found in ((EXPECTED_CASES, outcome), (EXPECTED_GAPS, gaps)):
+        for case_id, verdict in expected.items():
+            if found.get(case_id) != verdict:
+                problems.append(f"{case_id}: expected {verdict}, got {found.get(case_id)}")
+    for name in ("report.html", "report.md", "cases.csv"):
+        if not (out / name).is_file():
+            problems.append(f"{name} was not written")
+    if "mean Dice per model and arm" not in output:
+        problems.append("the terminal summary table is missing")
+    return problems
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="umd-smoke-") as folder:
+        out = Path(folder)
+        status, output = run_main_job(out)
+        print(output[-6000:])
+        problems = check(out, status, output)
+    if problems:
+        print("smoke FAILED:\n  " + "\n  ".join(problems))
+        return 1
+    print(f"smoke passed: {len(EXPECTED_CASES) + len(EXPECTED_GAPS)} expected verdicts hold")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
