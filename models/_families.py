@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from umdbench.models.base import ModelUnavailable, file_sha256, weights_root
 
+from umdbench.models.base import ModelUnavailable, file_sha256, weights_root
 from umdbench.prompts import voxel_to_world, world_to_voxel
 from umdbench.volume import Volume
 
@@ -31,6 +31,7 @@ __all__ = [
     "ModelGrid",
     "combined_hash",
     "load_state_dict",
+    "load_weights_into",
     "require_packages",
     "to_model_grid",
     "torch_device",
@@ -85,6 +86,17 @@ def load_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tenso
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path} must hold a state dict, got {type(checkpoint).__name__}")
     return {str(k).removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def load_weights_into(
+    net: torch.nn.Module, path: Path, key: str | None, architecture: str
+) -> torch.nn.Module:
+    """Load a checkpoint strictly; a mismatch names the file and the architecture it missed."""
+    try:
+        net.load_state_dict(load_state_dict(path, key), strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit {architecture}: {error}") from error
+    return net
 
 
 def combined_hash(paths: Sequence[Path]) -> str:

@@ -22,10 +22,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from umdbench.models._families import (
     ModelGrid,
     combined_hash,
-    load_state_dict,
+    load_weights_into,
     require_packages,
     to_model_grid,
     torch_device,
@@ -33,7 +34,6 @@ from umdbench.models._families import (
     zscore_nonzero,
 )
 from umdbench.models.base import LiteratureClaim, PromptKind, SegmentationModel, Tier
-
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model
@@ -88,13 +88,8 @@ class SamMed3DFamily(SegmentationModel):
         path = weights_file(self.name, self.weights_name, self.weights_hint)
         with contextlib.redirect_stdout(io.StringIO()):  # medim prints on creation
             net = medim.create_model("SAM-Med3D", pretrained=False, **self.architecture)
-        try:
-            net.load_state_dict(load_state_dict(path, self.checkpoint_key), strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"{path} does not fit {self.name}'s architecture {self.architecture or 'ViT-B'}:"
-                f" {error}"
-            ) from error
+        architecture = f"{self.name}'s architecture {self.architecture or 'ViT-B'}"
+        load_weights_into(net, path, self.checkpoint_key, architecture)
         self._device = torch_device(device)
         self._net, self._path = net.to(self._device).eval(), path
 

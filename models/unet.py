@@ -6,7 +6,7 @@ seed differs from every evaluation cohort's (see ``models/weights/<name>.json`` 
 seeds and losses). On CT the first reaches supervised-model quality; on PET it collapses, as the
 UMD study found for foundation models; the second narrows the gap.
 
-Preprocessing (shared with training, so it cannot drift): reorient to RAS, resample to 4 mm
+Preprocessing (shared with training, so it cannot drift): reorient to RAS, resample to 3 mm
 isotropic (MONAI ``Orientation`` and ``Spacing``), normalise, sliding-window inference over
 64^3 patches, softmax, resample the probabilities back onto the scan's grid (``SpatialResample``)
 and take the argmax there.
@@ -24,8 +24,8 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 from monai.transforms import Orientation, Spacing, SpatialResample
-from umdbench.models.base import ModelUnavailable, SegmentationModel, Tier, file_sha256
 
+from umdbench.models.base import ModelUnavailable, SegmentationModel, Tier, file_sha256
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model
@@ -34,7 +34,7 @@ from umdbench.volume import Volume
 __all__ = ["CTUNet", "CohortUNet", "MultimodalUNet", "build_network", "normalise", "to_model_grid"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-MODEL_SPACING_MM = 4.0
+MODEL_SPACING_MM = 3.0
 PATCH = (64, 64, 64)
 LABEL_IDS = {organ: index + 1 for index, organ in enumerate(CANONICAL_ORGANS)}
 
@@ -52,7 +52,7 @@ def build_network() -> UNet:
 
 
 def to_model_grid(image: Volume, mode: str = "bilinear") -> MetaTensor:
-    """The scan as a (1, X, Y, Z) MetaTensor in RAS at 4 mm, keeping its affine for the inverse."""
+    """The scan as a (1, X, Y, Z) MetaTensor in RAS at the model spacing, keeping its affine."""
     tensor: torch.Tensor = MetaTensor(
         torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
         affine=torch.from_numpy(image.affine),

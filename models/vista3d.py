@@ -19,17 +19,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
 from umdbench.models._families import (
     ModelGrid,
     combined_hash,
-    load_state_dict,
+    load_weights_into,
     require_packages,
     to_model_grid,
     torch_device,
     weights_file,
 )
 from umdbench.models.base import LiteratureClaim, PromptKind, SegmentationModel, Tier
-
 from umdbench.organs import CANONICAL_ORGANS
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model
@@ -94,13 +94,8 @@ class Vista3D(SegmentationModel):
 
         path = weights_file(self.name, self.weights_name, self.weights_hint)
         net = vista3d132(encoder_embed_dim=self.encoder_embed_dim)
-        try:
-            net.load_state_dict(load_state_dict(path, "model"), strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"{path} does not fit vista3d132(encoder_embed_dim={self.encoder_embed_dim}):"
-                f" {error}"
-            ) from error
+        architecture = f"vista3d132(encoder_embed_dim={self.encoder_embed_dim})"
+        load_weights_into(net, path, "model", architecture)
         self._device = torch_device(device)
         self._net, self._path = net.to(self._device).eval(), path
 

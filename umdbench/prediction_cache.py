@@ -45,6 +45,7 @@ class PredictionCache:
         self.folder = folder
         self.memory_bytes = memory_bytes
         self._memory: OrderedDict[str, CachedPrediction] = OrderedDict()
+        self._records: dict[str, list[dict[str, object]]] = {}
         self._used = 0
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,27 @@ class PredictionCache:
             self._write(key, made)
         self._remember(key, made)
         return made, False
+
+    def get_or_make_records(
+        self, key: str, make: Callable[[], list[dict[str, object]]]
+    ) -> list[dict[str, object]]:
+        """A case's per-subject records, computed once per run (a gap case reuses them)."""
+        if key in self._records:
+            return self._records[key]
+        if self.folder is None:
+            self._records[key] = make()
+            return self._records[key]
+        path = self.folder / f"{key}.records.json"
+        with self._locked(key):
+            if path.exists():
+                records = json.loads(path.read_text())
+            else:
+                records = make()
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(records, allow_nan=True))
+                os.replace(tmp, path)
+        self._records[key] = records
+        return records
 
     def _remember(self, key: str, value: CachedPrediction) -> None:
         self._memory[key] = value

@@ -173,13 +173,14 @@ class CaseRunner:
         except ModelSkipped as reason:
             return CaseOutcome(case, threshold, records=[], skip_reason=str(reason))
         outcome = CaseOutcome(case, threshold, records=[], weights_id=model.weights_id())
-        for scan in self.cohort.scans_of(case.modality):
-            if case.organ not in scan.label_map:
-                continue
-            record = self._evaluate_subject(model, case, scan)
-            outcome.records.append(record)
-            if record["status"] == "error":
-                outcome.messages.append(f"error: {record['error']}")
+        key = prediction_key("case", case.id, outcome.weights_id or "", self.cohort.name)
+        outcome.records = [
+            dict(r)
+            for r in self.predictions.get_or_make_records(key, lambda: self._records(model, case))
+        ]
+        outcome.messages = [
+            f"error: {r['error']}" for r in outcome.records if r["status"] == "error"
+        ]
         self._aggregate(outcome)
         if outcome.n_valid == 0 and outcome.n_errors == 0:
             outcome.skip_reason = (
@@ -189,6 +190,14 @@ class CaseRunner:
         for record in outcome.records:
             record["weights_id"] = outcome.weights_id
         return outcome
+
+    def _records(self, model: SegmentationModel, case: Case) -> list[dict[str, Any]]:
+        """One record per subject of the case's arm that has the organ in its label map."""
+        return [
+            self._evaluate_subject(model, case, scan)
+            for scan in self.cohort.scans_of(case.modality)
+            if case.organ in scan.label_map
+        ]
 
     def _aggregate(self, outcome: CaseOutcome) -> None:
         metric = outcome.threshold.metric

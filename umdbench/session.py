@@ -217,6 +217,11 @@ class UmdSession:
                 raise pytest.UsageError(str(error)) from error
         return self._baseline
 
+    def _unavailable_param(self) -> Any:
+        """One skipped parameter whose reason says why the dataset cannot be audited here."""
+        reason = self._cohort_error or "no cohort"
+        return pytest.param(None, marks=pytest.mark.skip(reason=reason), id="dataset-unavailable")
+
     def _selected(self, available: tuple[str, ...], chosen: list[str] | None) -> list[str]:
         return [x for x in available if chosen is None or x in chosen]
 
@@ -224,13 +229,7 @@ class UmdSession:
         """The case matrix, or one skipped placeholder that says why there is none."""
         cohort = self.cohort()
         if cohort is None:
-            return [
-                pytest.param(
-                    None,
-                    marks=pytest.mark.skip(reason=self._cohort_error or "no cohort"),
-                    id="dataset-unavailable",
-                )
-            ]
+            return [self._unavailable_param()]
         models = [self.registry.get(name) for name in self.model_names()]
         for model in models:
             _check_model_protocols(model)
@@ -244,13 +243,7 @@ class UmdSession:
         """Every (model, organ, arm pair) with both arms in the cohort."""
         cohort = self.cohort()
         if cohort is None:
-            return [
-                pytest.param(
-                    None,
-                    marks=pytest.mark.skip(reason=self._cohort_error or "no cohort"),
-                    id="dataset-unavailable",
-                )
-            ]
+            return [self._unavailable_param()]
         arms = self._selected(cohort.modalities, self.options.modalities)
         organs = self._selected(cohort.organs, self.options.organs)
         gaps = []
