@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-from umdbench.models.base import PromptKind, SegmentationModel, Tier
 
+from umdbench.models.base import PromptKind, SegmentationModel, Tier
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from umdbench.models._families import combined_hash, require_packages, torch_device
 from umdbench.models.base import (
     LiteratureClaim,
@@ -23,7 +24,6 @@ from umdbench.models.base import (
     SegmentationModel,
     Tier,
 )
-
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model
 from umdbench.volume import Volume

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
 from umdbench.models._families import (
     ModelGrid,
     combined_hash,
@@ -35,7 +36,6 @@ from umdbench.models._families import (
     torch_device,
 )
 from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel, Tier, weights_root
-
 from umdbench.organs import check_organ
 from umdbench.prompts import Prompt
 from umdbench.volume import Volume, save_volume

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import save_file
+
 from umdbench.models.base import file_sha256
 from umdbench.models.unet import (
     PATCH,
@@ -32,9 +33,8 @@ from umdbench.models.unet import (
     normalise,
     to_model_grid,
 )
-from umdbench.umd_fixtures.synthetic import build_synthetic_cohort
-
 from umdbench.organs import MODALITIES
+from umdbench.umd_fixtures.synthetic import build_synthetic_cohort
 
 MODELS = {"unet-ct": (CTUNet, ("CT",)), "unet-multimodal": (MultimodalUNet, MODALITIES)}
 

@@ -13,6 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
+
+from umdbench.cohort import Cohort, Scan, ScanLoader
+from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.umd_fixtures.anatomy import Warp
 from umdbench.umd_fixtures.physics import (
     PET_FWHM_MM,
@@ -28,9 +31,6 @@ from umdbench.umd_fixtures.synthetic import (
     subject_ids,
     subject_seeds,
 )
-
-from umdbench.cohort import Cohort, Scan, ScanLoader
-from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.volume import Volume
 
 LARGE_ORGANS = ("liver", "lung", "brain", "heart")

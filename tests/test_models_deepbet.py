@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from umdbench.models.deepbet import DeepBet
 
 from umdbench.metrics import dice
+from umdbench.models.deepbet import DeepBet
 from umdbench.volume import Volume, load_volume
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "spm12"

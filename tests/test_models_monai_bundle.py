@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+
 from umdbench.models.base import ModelUnavailable
 from umdbench.models.monai_bundle import MonaiBundleModel, bundle_model_class
-
 from umdbench.volume import Volume
 
 CONFIG: dict[str, Any] = {

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+
 from umdbench.models.base import ModelUnavailable
 from umdbench.models.sam_med3d import SamMed3DFamily, SamMed3DTurbo
-
 from umdbench.prompts import Prompt
 from umdbench.protocols import check_protocols, run_prompted
 from umdbench.volume import Volume

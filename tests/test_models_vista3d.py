@@ -8,9 +8,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+
 from umdbench.models.base import ModelUnavailable
 from umdbench.models.vista3d import VISTA3D_LABELS, Vista3D
-
 from umdbench.organs import CANONICAL_ORGANS
 from umdbench.prompts import Prompt
 from umdbench.protocols import check_protocols, run_prompted

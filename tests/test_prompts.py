@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from umdbench.models._families import to_model_grid
 from umdbench.models.base import PromptKind, SegmentationModel
-
 from umdbench.prompts import (
     Prompt,
     box_prompt,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from umdbench.models.base import PromptKind, SegmentationModel
 
+from umdbench.models.base import PromptKind, SegmentationModel
 from umdbench.registry import ModelRegistry, import_model_class
 
 VENDOR_MODULE = """

@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel
 
 from umdbench.cases import Case
 from umdbench.cohort import Cohort
+from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel
 from umdbench.policy import Threshold
 from umdbench.prediction_cache import PredictionCache
 from umdbench.runner import CaseRunner
