@@ -38,10 +38,10 @@ def test_scheduling_groups_by_model_and_arm() -> None:
 def test_matrix_skips_organs_a_model_cannot_segment_and_expands_protocols() -> None:
     cases = build_cases(
         [("auto", ("liver", "spleen"), ()), ("boxy", ("liver",), ("box", "1click"))],
-        ["CT", "PET_CT"],
-        ["liver", "spleen", "brain"],
+        {"CT": ["liver", "spleen", "brain"], "PET_CT": ["liver", "spleen"], "MRI": ["brain"]},
     )
     ids = {c.id for c in cases}
     assert "auto-CT-brain" not in ids and "auto-PET_CT-spleen" in ids
+    assert not any("-MRI-" in i for i in ids)  # the arm labels nothing these models segment
     assert {"boxy-CT-liver-box", "boxy-CT-liver-1click"} <= ids
     assert len(cases) == len(ids) == 2 * 2 + 2 * 2

@@ -9,7 +9,7 @@ scheduler relies on that, since it sees only node ids.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from umdbench.organs import MODALITIES
@@ -65,18 +65,18 @@ def schedule_group(nodeid: str) -> str | None:
 
 def build_cases(
     models: Iterable[tuple[str, Sequence[str], Sequence[str]]],
-    modalities: Sequence[str],
-    organs: Sequence[str],
+    arms: Mapping[str, Sequence[str]],
 ) -> list[Case]:
     """Every (model, modality, organ, protocol) to run.
 
-    ``models`` yields ``(name, organs it segments, protocols)``; an organ the model cannot
-    segment makes no case (the model's metadata declares it), and promptable models get one case
-    per protocol.
+    ``models`` yields ``(name, organs it segments, protocols)``; ``arms`` maps each modality to
+    the organs labelled in it. An organ the model cannot segment, or the arm does not label,
+    makes no case (the model's metadata and the cohort declare it), and promptable models get
+    one case per protocol.
     """
     cases = []
     for name, model_organs, protocols in models:
-        for modality in modalities:
+        for modality, organs in arms.items():
             for organ in organs:
                 if organ not in model_organs:
                     continue

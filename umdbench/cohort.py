@@ -89,6 +89,10 @@ class Cohort:
     def organs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(o for scan in self.scans for o in scan.organs))
 
+    def organs_of(self, modality: str) -> tuple[str, ...]:
+        """Organs labelled in at least one scan of ``modality`` (the only ones worth a case)."""
+        return tuple(dict.fromkeys(o for scan in self.scans_of(modality) for o in scan.organs))
+
     def scans_of(self, modality: str) -> tuple[Scan, ...]:
         return tuple(scan for scan in self.scans if scan.modality == modality)
 

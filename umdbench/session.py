@@ -233,27 +233,29 @@ class UmdSession:
         models = [self.registry.get(name) for name in self.model_names()]
         for model in models:
             _check_model_protocols(model)
-        return build_cases(
-            [(m.name, m.organs, m.protocols) for m in models],
-            self._selected(cohort.modalities, self.options.modalities),
-            self._selected(cohort.organs, self.options.organs),
-        )
+        return build_cases([(m.name, m.organs, m.protocols) for m in models], self._arms(cohort))
+
+    def _arms(self, cohort: Cohort) -> dict[str, list[str]]:
+        """Selected modality -> the selected organs labelled in it."""
+        return {
+            arm: self._selected(cohort.organs_of(arm), self.options.organs)
+            for arm in self._selected(cohort.modalities, self.options.modalities)
+        }
 
     def gap_cases(self) -> list[Any]:
         """Every (model, organ, arm pair) with both arms in the cohort."""
         cohort = self.cohort()
         if cohort is None:
             return [self._unavailable_param()]
-        arms = self._selected(cohort.modalities, self.options.modalities)
-        organs = self._selected(cohort.organs, self.options.organs)
+        arms = self._arms(cohort)
         gaps = []
         for name in self.model_names():
             model = self.registry.get(name)
-            for organ in (o for o in organs if o in model.organs):
-                for a, b in PAIRED_COMPARISONS:
-                    if a in arms and b in arms:
-                        for protocol in model.protocols or (None,):
-                            gaps.append(GapCase(name, organ, a, b, protocol))
+            for a, b in PAIRED_COMPARISONS:
+                shared = [o for o in arms.get(a, []) if o in arms.get(b, []) and o in model.organs]
+                for organ in shared:
+                    for protocol in model.protocols or (None,):
+                        gaps.append(GapCase(name, organ, a, b, protocol))
         return gaps
 
     # -- running ----------------------------------------------------------------------------
