@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from umdbench.report.stats import holm_adjust, paired_comparison, paired_table
+from umdbench.report.stats import ALL_ORGANS, holm_adjust, paired_comparison, paired_table
 from umdbench.report.synthetic import synthetic_results
 
 
@@ -93,8 +93,14 @@ def test_bootstrap_interval_agrees_with_scipy_bootstrap() -> None:
     diffs = rng.normal(0.15, 0.1, 30)
     a, b = _arms(list(diffs + 0.5), [0.5] * 30)
     ours = paired_comparison(a, b, seed=0, n_boot=20_000)
-    ref = sps.bootstrap((diffs,), np.mean, n_resamples=20_000, method="percentile",
-                        confidence_level=0.95, rng=np.random.default_rng(1))
+    ref = sps.bootstrap(
+        (diffs,),
+        np.mean,
+        n_resamples=20_000,
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng(1),
+    )
     assert ours.ci_low == pytest.approx(ref.confidence_interval.low, abs=0.006)
     assert ours.ci_high == pytest.approx(ref.confidence_interval.high, abs=0.006)
 
@@ -141,9 +147,13 @@ def test_holm_properties(p: list[float]) -> None:
 def test_paired_table_from_a_results_document() -> None:
     document = synthetic_results(seed=0)
     rows = paired_table(document, n_boot=1000)
-    unet = {r.organ: r for r in rows
-            if r.model == "unet-ct" and r.comparison == "CT~PET_CT" and r.metric == "dice"}
-    assert set(unet) == {"liver", "spleen", "kidney_left", "aorta"}
+    unet = {
+        r.organ: r
+        for r in rows
+        if r.model == "unet-ct" and r.comparison == "CT~PET_CT" and r.metric == "dice"
+    }
+    assert set(unet) == {"liver", "spleen", "kidney_left", "aorta", ALL_ORGANS}
+    assert unet.pop(ALL_ORGANS).stats.p_value < 0.05  # one test per model: significant with 8
     for row in unet.values():  # the built-in CT -> PET gap is large and consistent
         assert row.stats.n_pairs == 8 and row.stats.mean_diff > 0.2 and row.p_holm < 0.05
     family = [unet[o].stats.p_value for o in sorted(unet)]
@@ -155,8 +165,11 @@ def test_paired_table_from_a_results_document() -> None:
 
 def test_paired_table_pairs_by_subject_and_skips_bad_records() -> None:
     document = synthetic_results(seed=0)
-    aorta = [r for r in paired_table(document, metrics=("dice",), n_boot=200)
-             if r.model == "unet-ct" and r.organ == "aorta" and r.comparison == "MRI~PET_MRI"]
+    aorta = [
+        r
+        for r in paired_table(document, metrics=("dice",), n_boot=200)
+        if r.model == "unet-ct" and r.organ == "aorta" and r.comparison == "MRI~PET_MRI"
+    ]
     # synthetic PET_MRI aorta has one empty reference and one error: 6 pairs, 2 unpaired
     assert aorta[0].stats.n_pairs == 6 and aorta[0].stats.n_only_a == 2
 
@@ -168,3 +181,39 @@ def test_paired_table_tolerates_missing_metric_keys() -> None:
             record.pop(key)
     rows = paired_table(document, n_boot=200)
     assert rows and {r.metric for r in rows} == {"dice"}
+
+
+def test_all_organs_row_pairs_each_subjects_mean_over_organs() -> None:
+    def record(subject: str, organ: str, arm: str, dice: float | None, status: str = "ok") -> dict:
+        return {
+            "model": "m",
+            "protocol": None,
+            "organ": organ,
+            "modality": arm,
+            "subject": subject,
+            "status": status,
+            "dice": dice,
+        }
+
+    records = [
+        record("s1", "liver", "CT", 0.9),
+        record("s1", "liver", "PET_CT", 0.5),
+        record("s1", "lung", "CT", 0.7),
+        record("s1", "lung", "PET_CT", 0.3),
+        record("s2", "liver", "CT", 0.8),
+        record("s2", "liver", "PET_CT", 0.6),
+        record("s2", "lung", "CT", 0.6),
+        record("s2", "lung", "PET_CT", None, status="error"),
+        record("s3", "liver", "CT", 1.0),
+        record("s3", "liver", "PET_CT", 0.2),
+    ]
+    rows = paired_table(
+        {"records": records}, metrics=("dice",), comparisons=(("CT", "PET_CT"),), n_boot=200
+    )
+    (pooled,) = [r for r in rows if r.organ == ALL_ORGANS]
+    # s1: mean(0.9, 0.7) - mean(0.5, 0.3) = 0.4; s2: only liver is on both arms: 0.2; s3: 0.8
+    assert pooled.stats.n_pairs == 3
+    assert pooled.stats.mean_diff == pytest.approx((0.4 + 0.2 + 0.8) / 3)
+    assert pooled.p_holm == pooled.stats.p_value  # its own family: not adjusted with the organs
+    organ_rows = [r for r in rows if r.organ != ALL_ORGANS]
+    assert {r.organ for r in organ_rows} == {"liver", "lung"}

@@ -35,6 +35,7 @@ from scipy import stats as sps
 from umdbench.organs import PAIRED_COMPARISONS
 
 __all__ = [
+    "ALL_ORGANS",
     "DEFAULT_METRICS",
     "PairedRow",
     "PairedStats",
@@ -48,6 +49,8 @@ __all__ = [
 #: Metrics the paired table covers when a results file holds them (missing keys are skipped).
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "nsd_2mm", "nsd_1mm", "hd95")
 _BOOTSTRAP_SAMPLES = 10_000
+#: The organ name of the subject-level rows (each subject's mean over organs).
+ALL_ORGANS = "all_organs"
 
 
 @dataclass(frozen=True)
@@ -236,13 +239,55 @@ def paired_table(
                 both = tuple(sorted(set(a) & set(b)))
                 row = PairedRow(model, protocol, organ, arm_a, arm_b, metric, stats, subjects=both)
                 rows.append(row)
+            rows.extend(_all_organ_rows(values, units, arm_a, arm_b, metric, seed, n_boot))
     return _with_holm(rows)
+
+
+def _all_organ_rows(
+    values: Mapping[tuple[str, str | None, str, str], Mapping[str, float]],
+    units: Sequence[tuple[str, str | None, str]],
+    arm_a: str,
+    arm_b: str,
+    metric: str,
+    seed: int,
+    n_boot: int,
+) -> list[PairedRow]:
+    """One row per (model, protocol): each subject's mean over the organs scored on both arms.
+
+    With few subjects no single organ can survive a Holm correction (8 subjects: the smallest
+    exact two-sided Wilcoxon p is 2/256, times 13 organs); the subject-level mean answers the
+    model-level question with one test, outside the organ family.
+    """
+    rows = []
+    for model, protocol in sorted({u[:2] for u in units}, key=lambda u: (u[0], u[1] or "")):
+        per_subject: dict[str, tuple[list[float], list[float]]] = {}
+        for organ in sorted({u[2] for u in units if u[:2] == (model, protocol)}):
+            a = values.get((model, protocol, organ, arm_a), {})
+            b = values.get((model, protocol, organ, arm_b), {})
+            for subject in set(a) & set(b):
+                if math.isfinite(a[subject]) and math.isfinite(b[subject]):
+                    pair = per_subject.setdefault(subject, ([], []))
+                    pair[0].append(a[subject])
+                    pair[1].append(b[subject])
+        if len(per_subject) == 0:
+            continue
+        mean_a = {s: float(np.mean(v[0])) for s, v in per_subject.items()}
+        mean_b = {s: float(np.mean(v[1])) for s, v in per_subject.items()}
+        stats = paired_comparison(mean_a, mean_b, seed=seed, n_boot=n_boot)
+        subjects = tuple(sorted(per_subject))
+        rows.append(
+            PairedRow(model, protocol, ALL_ORGANS, arm_a, arm_b, metric, stats, subjects=subjects)
+        )
+    return rows
 
 
 def _with_holm(rows: list[PairedRow]) -> list[PairedRow]:
     families: dict[tuple[Any, ...], list[int]] = {}
     for i, row in enumerate(rows):
-        families.setdefault((row.model, row.protocol, row.comparison, row.metric), []).append(i)
+        pooled = row.organ == ALL_ORGANS  # a family of its own: one test per model
+        families.setdefault(
+            (row.model, row.protocol, row.comparison, row.metric, pooled), []
+        ).append(i)
     out = list(rows)
     for members in families.values():
         adjusted = holm_adjust([rows[i].stats.p_value for i in members])
