@@ -252,7 +252,8 @@ class CaseRunner:
             record.update(status="error", error=_describe_model_error(model, scan, error))
             return record
         mask = self._organ_mask(model, case.organ, prediction.labels)
-        record.update(organ_metrics(mask, reference, image.spacing))
+        metrics_device = self.device if self.device.startswith("cuda") else "cpu"
+        record.update(organ_metrics(mask, reference, image.spacing, device=metrics_device))
         record.update(
             status="ok",
             inference_seconds=prediction.seconds,
