@@ -12,7 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from umdbench.metrics import aggregate, area_table, multilabel_metrics, organ_metrics
+from umdbench.metrics import (
+    _distances,
+    _surfels,
+    aggregate,
+    area_table,
+    engine,
+    multilabel_metrics,
+    organ_metrics,
+)
+from umdbench.metrics._summary import robust_hausdorffs
 
 sd_metrics = pytest.importorskip("surface_distance.metrics")
 sd_tables = pytest.importorskip("surface_distance.lookup_tables")
@@ -51,6 +60,31 @@ def blobs(seed: int, shape: tuple[int, int, int] = (24, 20, 16), p: float = 0.3)
     noise = np.random.default_rng(seed).random(shape)
     smooth = ndimage.gaussian_filter(noise, 2.0)
     return smooth > np.quantile(smooth, 1 - p)
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through the numba kernels and through the plain numpy path."""
+    if request.param == "numba" and not _surfels.COMPILED:
+        pytest.skip("numba is not installed: only the numpy path runs")
+    if request.param == "numpy":
+        for module in (_surfels, _distances, engine):
+            monkeypatch.setattr(module, "COMPILED", False)
+    return str(request.param)
+
+
+def sorted_pairs(dist: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, area) sorted as DeepMind sorts them, with distances that differ only in the
+    last bits (equal lengths summed from different offsets) counted as equal."""
+    order = np.lexsort((area, np.round(dist, 9)))
+    return dist[order], area[order]
+
+
+def assert_in_deepmind_order(dist: np.ndarray, area: np.ndarray) -> None:
+    """Sorted by distance, then by area among equal distances: Python's order of tuples."""
+    step = np.diff(dist)
+    assert np.all(step >= 0)
+    assert np.all(np.diff(area)[step == 0] >= 0)
 
 
 # --- surfel areas -------------------------------------------------------------------------
@@ -158,9 +192,7 @@ def test_translation_invariance(seed: int, shift: tuple[int, int, int]) -> None:
 def test_scaling_spacing_and_tolerance_together(seed: int, factor: float) -> None:
     a, b = blobs(seed), blobs(seed + 7)
     base = organ_metrics(a, b, (1.0, 0.5, 2.0), tolerances=(1.0,))
-    scaled = organ_metrics(
-        a, b, (factor, 0.5 * factor, 2.0 * factor), tolerances=(factor,)
-    )
+    scaled = organ_metrics(a, b, (factor, 0.5 * factor, 2.0 * factor), tolerances=(factor,))
     assert scaled[f"nsd_{factor:g}mm"] == pytest.approx(base["nsd_1mm"], abs=1e-12)
     for key in ("hd95", "hd", "assd"):
         assert scaled[key] == pytest.approx(base[key] * factor, rel=1e-12)
@@ -251,7 +283,7 @@ def test_aggregate_counts_what_it_leaves_out() -> None:
 
 
 @pytest.mark.samples
-def test_real_label_map_against_shifted_and_eroded_copies() -> None:
+def test_real_label_map_against_shifted_and_eroded_copies(backend: str) -> None:
     path = SAMPLES / "totalsegmentator" / "example_seg_fast_force_split.nii.gz"
     if not path.exists():
         pytest.skip(f"real samples not found at {path} (see /work/shared/samples/README.md)")
@@ -266,3 +298,130 @@ def test_real_label_map_against_shifted_and_eroded_copies() -> None:
         ref = labels == value
         assert_matches_deepmind(np.roll(ref, (1, -2, 1), (0, 1, 2)), ref, spacing)
         assert_matches_deepmind(ndimage.binary_erosion(ref), ref, spacing)
+
+
+# --- fast paths: numba kernels, counting sort, boxes -------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deepmind_through_both_backends(backend: str, seed: int) -> None:
+    a, b = blobs(seed, (30, 26, 14)), blobs(seed + 50, (30, 26, 14))
+    assert_matches_deepmind(a, b, (0.8, 0.8, 2.0))
+    assert_matches_deepmind(a, b, (1.7, 0.45, 0.9))
+
+
+def test_counted_order_with_distances_beyond_the_rank_table() -> None:
+    """Surfels between 16 and 28 coarsest voxels away (inside the rank table's cube, outside its
+    ball) and farther ones must still come out in DeepMind's order."""
+    ref = np.zeros((70, 70, 30), bool)
+    ref[2:8, 2:8, 2:5] = True
+    pred = ref.copy()
+    # ~22 voxels away with every axis within 16 (ranked cube, outside the ball), ~18 away along
+    # one axis (beyond the cube), and farther blobs
+    for x, y, z in ((22, 22, 15), (26, 3, 2), (45, 10, 20), (12, 55, 25), (60, 60, 2)):
+        pred[x : x + 2, y : y + 2, z : z + 2] = True
+    sd = _distances.surface_distances(pred, ref, (1.0, 1.0, 1.0))
+    assert sd.sorted_pred is not None and sd.sorted_pred[0].max() > 16 * np.sqrt(3)
+    for pairs in (sd.sorted_ref, sd.sorted_pred):
+        assert pairs is not None
+        assert_in_deepmind_order(*pairs)
+    assert_matches_deepmind(pred, ref, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.5, 1.0), (0.9, 0.3, 2.5)])
+def test_gaps_longer_than_the_uint8_cap(backend: str, spacing: tuple[float, float, float]) -> None:
+    """Surfels ~290 corners apart along the row axis (the finest): the int16 gaps take over."""
+    ref = np.zeros((6, 310, 5), bool)
+    ref[1:4, 2:6, 1:3] = True
+    pred = np.zeros_like(ref)
+    pred[2:5, 296:300, 2:4] = True
+    pred[1:3, 3:7, 1:3] = True
+    assert_matches_deepmind(pred, ref, spacing)
+
+
+def test_far_false_positives_through_both_backends(backend: str) -> None:
+    ref = np.zeros((90, 40, 30), bool)
+    ref[5:20, 5:20, 5:12] = True
+    pred = np.roll(ref, 2, axis=1)
+    pred[80:84, 30:33, 25:27] = True  # ~60 voxels away along axis 0
+    pred[40:42, 2:4, 20:22] = True
+    assert_matches_deepmind(pred, ref, (0.8, 0.8, 2.0))
+    assert_matches_deepmind(pred, ref, (2.0, 0.6, 0.7))
+
+
+@given(seed=st.integers(0, 10_000), spacing=spacings, reach=st.sampled_from([0.5, 2.0, 16.0]))
+@settings(max_examples=25, deadline=None)
+def test_numba_search_equals_numpy_search(
+    seed: int, spacing: tuple[float, float, float], reach: float
+) -> None:
+    """Same (distance, area) multisets and the same sorted pairs, whatever the first column
+    reach (small reaches force the retry with longer column lists)."""
+    if not _surfels.COMPILED:
+        pytest.skip("numba is not installed")
+    a, b = blobs(seed, (28, 22, 18), 0.2), blobs(seed + 9, (28, 22, 18), 0.2)
+    a[-3:, -3:, -2:] = True  # a far-off corner blob
+    old, _distances.FIRST_REACH = _distances.FIRST_REACH, reach
+    try:
+        fast = _distances.surface_distances(a, b, spacing, compiled=True)
+    finally:
+        _distances.FIRST_REACH = old
+    slow = _distances.surface_distances(a, b, spacing, compiled=False)
+    for side in ("ref", "pred"):
+        want = sorted_pairs(getattr(slow, f"dist_{side}"), getattr(slow, f"area_{side}"))
+        got = sorted_pairs(getattr(fast, f"dist_{side}"), getattr(fast, f"area_{side}"))
+        counted = getattr(fast, f"sorted_{side}")
+        assert_in_deepmind_order(*counted)
+        for pairs in (got, sorted_pairs(*counted)):
+            np.testing.assert_allclose(pairs[0], want[0], rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(pairs[1], want[1])
+
+
+@given(seed=st.integers(0, 10_000), spacing=spacings)
+@settings(max_examples=20, deadline=None)
+def test_counted_order_gives_the_sorted_percentiles(
+    seed: int, spacing: tuple[float, float, float]
+) -> None:
+    """Percentiles from the counting sort equal those from a full lexsort (DeepMind's order)."""
+    a, b = blobs(seed, (20, 20, 12)), blobs(seed + 1, (20, 20, 12))
+    sd = _distances.surface_distances(a, b, spacing)
+    unsorted = _distances.SurfaceDistances(sd.dist_ref, sd.area_ref, sd.dist_pred, sd.area_pred)
+    percents = (50.0, 90.0, 95.0, 99.0, 100.0)
+    assert robust_hausdorffs(sd, percents) == robust_hausdorffs(unsorted, percents)
+
+
+label_dtypes = st.sampled_from([np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64])
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    shape=st.tuples(*[st.integers(1, 9)] * 3),
+    dtype=label_dtypes,
+    density=st.sampled_from([0.0, 0.02, 0.3]),
+)
+@settings(max_examples=60, deadline=None)
+def test_label_boxes_equal_find_objects(
+    seed: int, shape: tuple[int, int, int], dtype: Any, density: float
+) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    labels = ((rng.random(shape) < density) * rng.integers(1, 7, shape)).astype(dtype)
+    expected = {i + 1: b for i, b in enumerate(ndimage.find_objects(labels)) if b is not None}
+    assert engine.label_boxes(labels) == expected
+    mask = labels != 0
+    assert engine.mask_box(mask) == engine.merge_boxes(list(expected.values()))
+    assert engine.mask_box(labels) == engine.mask_box(mask)
+
+
+def test_multilabel_through_both_backends(backend: str) -> None:
+    ref_l = np.zeros((40, 30, 24), np.uint8)
+    pred_l = np.zeros_like(ref_l)
+    for k, seed in ((1, 4), (2, 5), (3, 6)):
+        ref_l[blobs(seed, ref_l.shape, 0.1)] = k
+        pred_l[blobs(seed + 20, ref_l.shape, 0.1)] = k
+    organs: dict[str, Any] = {f"o{k}": (k, k) for k in (1, 2, 3)}
+    result = multilabel_metrics(pred_l, ref_l, organs, (0.8, 0.8, 2.0))
+    for name, (k, _) in organs.items():
+        theirs = deepmind(pred_l == k, ref_l == k, (0.8, 0.8, 2.0))
+        for key in SURFACE_KEYS:
+            assert result[name][key] == pytest.approx(theirs[key], abs=1e-6, rel=1e-9), key

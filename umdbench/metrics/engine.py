@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from umdbench.metrics._distances import surface_distances
-from umdbench.metrics._summary import assd, nsd, robust_hausdorff
+from umdbench.metrics._distances import voxel_distances
+from umdbench.metrics._summary import assd, nsd, robust_hausdorffs
+from umdbench.metrics._surfels import COMPILED, jit, pair_voxels
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -125,19 +126,19 @@ def crop_figures(
 ) -> dict[str, float | int]:
     """All figures for two boolean masks already cropped around both (CPU backend);
     ``surface=False`` gives the overlap figures only."""
-    n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
-    tp = int(np.count_nonzero(pred & ref))
-    figures = overlap_figures(tp, n_pred - tp, n_ref - tp, spacing)
     if not surface:
-        return figures
+        n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+        tp = int(np.count_nonzero(pred & ref))
+        return overlap_figures(tp, n_pred - tp, n_ref - tp, spacing)
+    voxels, (n_pred, n_ref, tp) = pair_voxels(pred, ref)
+    figures = overlap_figures(tp, n_pred - tp, n_ref - tp, spacing)
     if n_pred == 0 or n_ref == 0:
         figures.update(empty_figures(n_pred, n_ref, tolerances))
         return figures
-    sd = surface_distances(pred, ref, spacing)
+    sd = voxel_distances(voxels, spacing)
     figures.update({nsd_key(t): nsd(sd, t) for t in tolerances})
-    figures.update(
-        {"hd95": robust_hausdorff(sd, 95.0), "hd": robust_hausdorff(sd, 100.0), "assd": assd(sd)}
-    )
+    hd95, hd = robust_hausdorffs(sd, (95.0, 100.0))
+    figures.update({"hd95": hd95, "hd": hd, "assd": assd(sd)})
     return figures
 
 
@@ -175,17 +176,69 @@ def union_box(*masks: np.ndarray) -> tuple[slice, ...] | None:
 
 
 def label_boxes(labels: np.ndarray) -> Mapping[int, tuple[slice, ...]]:
-    """Bounding box of every positive label value: one pass of ``find_objects`` over the
-    bounding box of all labels only (whole-body maps are mostly background)."""
+    """Bounding box of every positive label value, from the bounding box of all labels only
+    (whole-body maps are mostly background): with numba, one scan of the rows that hold any
+    label (found eight bytes at a time); otherwise one ``find_objects`` pass."""
     outer = mask_box(labels)
     if outer is None:
         return {}
-    boxes = ndimage.find_objects(labels[outer])
+    inner = np.ascontiguousarray(labels[outer])
+    if COMPILED and inner.dtype.itemsize <= 2:
+        return _scanned_boxes(inner, outer)
+    boxes = ndimage.find_objects(inner)
     return {
-        i + 1: tuple(slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, box, strict=True))
+        i + 1: tuple(
+            slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, box, strict=True)
+        )
         for i, box in enumerate(boxes)
         if box is not None
     }
+
+
+def _scanned_boxes(labels: np.ndarray, outer: tuple[slice, ...]) -> Mapping[int, tuple[slice, ...]]:
+    nx, ny, nz = labels.shape
+    rows = labels.reshape(nx * ny, nz).view(np.uint8)
+    width = next(w for w in (8, 4, 2, 1) if rows.shape[1] % w == 0)
+    busy = np.flatnonzero(rows.view(f"u{width}").max(axis=1))
+    top = max(int(labels.max()), 0) if len(busy) else 0
+    lows, highs = _row_boxes(labels.reshape(nx * ny, nz), busy, ny, top)
+    return {
+        value: tuple(
+            slice(o.start + int(lo), o.start + int(hi) + 1)
+            for o, lo, hi in zip(outer, lows[value], highs[value], strict=True)
+        )
+        for value in range(1, top + 1)
+        if highs[value, 0] >= 0
+    }
+
+
+@jit
+def _row_boxes(
+    rows: np.ndarray, busy: np.ndarray, ny: int, top: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - jitted
+    """Per label value, the lowest and highest (x, y, z) over the listed rows."""
+    lows = np.full((top + 1, 3), np.iinfo(np.int64).max, np.int64)
+    highs = np.full((top + 1, 3), -1, np.int64)
+    for k in busy:
+        x, y = k // ny, k % ny
+        row = rows[k]
+        for z in range(len(row)):
+            v = row[z]
+            if v <= 0:
+                continue
+            if x < lows[v, 0]:
+                lows[v, 0] = x
+            if x > highs[v, 0]:
+                highs[v, 0] = x
+            if y < lows[v, 1]:
+                lows[v, 1] = y
+            if y > highs[v, 1]:
+                highs[v, 1] = y
+            if z < lows[v, 2]:
+                lows[v, 2] = z
+            if z > highs[v, 2]:
+                highs[v, 2] = z
+    return lows, highs
 
 
 def merge_boxes(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...] | None:
