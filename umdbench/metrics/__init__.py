@@ -6,8 +6,8 @@ keys ``dice``, ``iou``, ``nsd_1mm``, ``nsd_2mm``, ``hd95``, ``hd``, ``assd``, ``
 ``fp``, ``fn``, ``n_ref``, ``n_pred``, ``voxel_ml``. Surface figures follow DeepMind's
 ``surface-distance`` definitions exactly. Empty masks (docs/metrics.md has the table): both
 empty -> NaN everywhere (left out of means, counted); one empty -> overlap figures 0, distances
-inf. Non-finite input is an error. The backend follows ``device``: "cpu" (numba kernels, numpy/scipy where numba is absent) or a
-CUDA device (torch); "auto" picks CUDA when present.
+inf. Non-finite input is an error. The backend follows ``device``: "cpu" (numba kernels;
+numpy/scipy where numba is absent) or a CUDA device (torch); "auto" picks CUDA when present.
 """
 
 from __future__ import annotations
