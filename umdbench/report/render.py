@@ -76,17 +76,29 @@ def _provenance(document: Mapping[str, Any]) -> dict[str, Any]:
 
 def _markdown(document: Mapping[str, Any], tables: list[tuple[str, Table]], plots: list[Plot],
               plot_dir: str) -> str:
-    parts = ["# umdbench audit report", "", "```json",
-             json.dumps(_provenance(document), indent=1, default=str), "```", ""]
+    parts = ["# umdbench audit report", "", _headline(document), ""]
     parts += [t.to_markdown() for _, t in tables]
     parts += ["## Figures", ""]
     parts += [f"![{p.title}]({plot_dir}/{p.name}.png)\n" for p in plots]
+    parts += ["## Provenance", "", "```json",
+              json.dumps(_provenance(document), indent=1, default=str), "```", ""]
     return "\n".join(parts)
+
+
+def _headline(document: Mapping[str, Any]) -> str:
+    """One line saying what was audited, on what, where: the details are under Provenance."""
+    run = document.get("run", {})
+    cohort = run.get("cohort", {})
+    environment = run.get("environment", {})
+    return (f"Cohort {cohort.get('name', '?')} ({len(cohort.get('subjects', []))} subjects,"
+            f" arms {', '.join(cohort.get('modalities', []))}); {len(document.get('cases', []))}"
+            f" cases; device {environment.get('device', '?')}; created {document.get('created')};"
+            f" umdbench {document.get('umdbench_version')}.")
 
 
 def _html(document: Mapping[str, Any], tables: list[tuple[str, Table]], plots: list[Plot]) -> str:
     provenance = html.escape(json.dumps(_provenance(document), indent=1, default=str))
-    body = [f"<h1>umdbench audit report</h1><pre id='provenance'>{provenance}</pre>"]
+    body = [f"<h1>umdbench audit report</h1><p>{html.escape(_headline(document))}</p>"]
     body += [t.to_html(table_id=ident) for ident, t in tables]
     body.append("<h2>Figures</h2>")
     for p in plots:
@@ -94,6 +106,8 @@ def _html(document: Mapping[str, Any], tables: list[tuple[str, Table]], plots: l
         body.append(f"<figure id='{html.escape(p.name)}'><img alt='{html.escape(p.title)}' "
                     f"src='data:image/png;base64,{data}'><figcaption>{html.escape(p.title)}"
                     "</figcaption></figure>")
+    body.append("<details><summary>Provenance: cohort, options, environment</summary>"
+                f"<pre id='provenance'>{provenance}</pre></details>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>umdbench audit report</title><style>{_CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
