@@ -49,15 +49,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--seed", type=int, default=1000, help="training cohort seed (default 1000)"
     )
     parser.add_argument(
-        "--iterations", type=int, default=1200, help="optimiser steps (default 1200)"
+        "--iterations", type=int, default=2500, help="optimiser steps (default 2500)"
     )
     parser.add_argument("--batch", type=int, default=2, help="patches per step (default 2)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     parser.add_argument(
         "--threads",
         type=int,
-        default=2,
-        help="torch threads (default 2; fixed for reproducibility)",
+        default=1,
+        help="torch threads (default 1; fixed for reproducibility)",
     )
     parser.add_argument("--cache", type=Path, default=None, help="cohort cache folder")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights go")
