@@ -46,6 +46,8 @@ class Controller:
         self.notes: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" and not report.failed:
+            return  # a passing setup or teardown says nothing about the verdict
         properties: dict[str, Any] = {str(k): v for k, v in report.user_properties}
         if CASE_PROPERTY in properties:
             self._take_case(report, properties)
@@ -57,8 +59,6 @@ class Controller:
             self._take_crashed_case(report)
 
     def _take_case(self, report: pytest.TestReport, properties: dict[str, Any]) -> None:
-        if report.when == "teardown" and report.passed:
-            return
         case = dict(properties[CASE_PROPERTY])
         case["outcome"] = _outcome(report)
         case["duration_s"] = round(report.duration, 4)
