@@ -14,7 +14,6 @@ and take the argmax there.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,7 +39,7 @@ LABEL_IDS = {organ: index + 1 for index, organ in enumerate(CANONICAL_ORGANS)}
 
 
 def build_network() -> UNet:
-    """The architecture both models share (about 1.2 M parameters)."""
+    """The architecture both models share (about 0.6 M parameters, 2.4 MB as float32)."""
     return UNet(
         spatial_dims=3,
         in_channels=1,
@@ -128,12 +127,6 @@ class CohortUNet(SegmentationModel):
             probabilities, dst_affine=torch.from_numpy(image.affine), spatial_size=image.shape
         )
         return np.asarray(torch.argmax(on_scan, dim=0).numpy(), dtype=np.int16)
-
-    @classmethod
-    def training_record(cls) -> dict[str, object]:
-        """How the shipped weights were made (command, seeds, losses)."""
-        path = WEIGHTS_DIR / f"{cls.name}.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @register_model

@@ -7,7 +7,7 @@ once, so no model or metric ever sees a dataset's own label ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,6 @@ class Cohort:
             if scan.subject == subject and scan.modality == modality:
                 return scan
         raise KeyError(f"cohort {self.name!r} has no {modality} scan of subject {subject!r}")
-
-    def restricted(self, modalities: Iterable[str] | None = None) -> Cohort:
-        """The same cohort holding only the given arms."""
-        keep = set(modalities) if modalities is not None else set(MODALITIES)
-        scans = tuple(scan for scan in self.scans if scan.modality in keep)
-        return Cohort(self.name, scans, self.provenance)
 
 
 class ScanLoader:

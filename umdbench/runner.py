@@ -13,7 +13,6 @@ import os
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,12 +354,3 @@ def _is_out_of_memory(error: BaseException) -> bool:
         return isinstance(error, torch.cuda.OutOfMemoryError)
     except (ImportError, AttributeError):  # pragma: no cover
         return False
-
-
-def records_by_subject(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float]:
-    """``{subject: figure}`` over the records with a finite figure (paired statistics use it)."""
-    return {
-        r["subject"]: float(r[metric])
-        for r in records
-        if r.get("status") == "ok" and _finite(r.get(metric))
-    }
