@@ -189,7 +189,10 @@ class Controller:
 def _long_text(report: pytest.TestReport) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2])
-    return str(report.longreprtext or "")[-2000:]
+    lines = str(report.longreprtext or "").splitlines()
+    # xdist puts "[gw2] linux -- Python ..." first: where it ran is in the case's `worker`
+    text = "\n".join(line for line in lines if not line.startswith("[gw"))
+    return text[-2000:]
 
 
 def summary_table(cases: list[dict[str, Any]]) -> list[str]:
