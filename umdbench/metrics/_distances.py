@@ -30,6 +30,7 @@ from umdbench.metrics._surfels import (
     COMPILED,
     area_table,
     cell_or,
+    corner_pair_codes,
     jit,
     neighbour_codes,
     pair_voxels,
@@ -490,14 +491,7 @@ def _split_surfels(
                     x, y, z = a, r, b
                 else:
                     x, y, z = r, a, b
-                p, q = 0, 0
-                for i in range(2):
-                    for j in range(2):
-                        for k in range(2):
-                            cell = voxels[x + i, y + j, z + k]
-                            shift = 7 - (4 * i + 2 * j + k)
-                            p |= (cell & 1) << shift
-                            q |= ((cell >> 1) & 1) << shift
+                p, q = corner_pair_codes(voxels, x, y, z)
                 if v & 1:
                     out_p[0][i_p], out_p[1][i_p], out_p[2][i_p], code_p[i_p] = a, b, r, p
                     i_p += 1

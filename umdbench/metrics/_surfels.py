@@ -27,6 +27,7 @@ __all__ = [
     "area_table",
     "border_pair",
     "cell_or",
+    "corner_pair_codes",
     "jit",
     "neighbour_codes",
     "pair_voxels",
@@ -186,6 +187,24 @@ def _fill_voxels(
 
 
 @jit
+def corner_pair_codes(
+    voxels: np.ndarray, x: int, y: int, z: int
+) -> tuple[int, int]:  # pragma: no cover - jitted
+    """The pred and ref neighbour codes of the corner at (x, y, z) of a paired-voxel grid (bit 0
+    pred, bit 1 ref); bit 7 - (4a + 2b + c) of a code is the voxel at offset (a, b, c). The one
+    definition of the bit layout that ``area_table`` is indexed with."""
+    p, r = 0, 0
+    for a in range(2):
+        for b in range(2):
+            for c in range(2):
+                v = voxels[x + a, y + b, z + c]
+                bit = 7 - (4 * a + 2 * b + c)
+                p |= (v & 1) << bit
+                r |= ((v >> 1) & 1) << bit
+    return p, r
+
+
+@jit
 def _corner_codes(
     voxels: np.ndarray, mixed: np.ndarray, count: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - jitted
@@ -208,14 +227,7 @@ def _corner_codes(
                 continue
             x, rest = divmod(k, cy * cz)
             y, z = divmod(rest, cz)
-            p, r = 0, 0
-            for a in range(2):
-                for b in range(2):
-                    for c in range(2):
-                        v = voxels[x + a, y + b, z + c]
-                        bit = 7 - (4 * a + 2 * b + c)
-                        p |= (v & 1) << bit
-                        r |= ((v >> 1) & 1) << bit
+            p, r = corner_pair_codes(voxels, x, y, z)
             coords[i, 0], coords[i, 1], coords[i, 2] = x, y, z
             code_p[i], code_r[i] = p, r
             i += 1
