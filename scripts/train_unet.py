@@ -71,9 +71,9 @@ def training_volumes(cohort, arms, scheme: str) -> list[tuple[torch.Tensor, torc
         if scan.modality not in arms:
             continue
         image = to_model_grid(scan.load_image()).as_tensor()
+        label_volume = scan.load_labels()
         labels = to_model_grid(
-            scan.load_labels().with_array(scan.load_labels().array.astype(np.float32)),
-            mode="nearest",
+            label_volume.with_array(label_volume.array.astype(np.float32)), mode="nearest"
         ).as_tensor()
         pairs.append((_pad(normalise(image, scheme)), _pad(labels.round().long())))
     return pairs

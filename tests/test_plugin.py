@@ -50,6 +50,21 @@ def run_suite(
     return process, document
 
 
+def write_vendor_model(folder: Path, class_name: str, name: str, fill: str) -> None:
+    """``vendor_seg.py`` in ``folder``: a vendor's liver model that labels all or no voxels."""
+    (folder / "vendor_seg.py").write_text(
+        "import numpy as np\n"
+        "from umdbench.models.base import SegmentationModel\n"
+        f"class {class_name}(SegmentationModel):\n"
+        f"    name = {name!r}\n"
+        "    organs = ('liver',)\n"
+        "    label_ids = {'liver': 1}\n"
+        "    def load(self, device): pass\n"
+        "    def predict(self, image, modality, prompt):\n"
+        f"        return {fill}(image.shape, dtype=np.int16)\n"
+    )
+
+
 def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(
@@ -106,17 +121,7 @@ def test_xdist_run_merges_every_case_once_and_keeps_groups_on_one_worker(tmp_pat
 
 @pytest.mark.slow
 def test_vendor_model_runs_without_editing_the_suite(tmp_path: Path) -> None:
-    (tmp_path / "vendor_seg.py").write_text(
-        "import numpy as np\n"
-        "from umdbench.models.base import SegmentationModel\n"
-        "class Everything(SegmentationModel):\n"
-        "    name = 'vendor-everything'\n"
-        "    organs = ('liver',)\n"
-        "    label_ids = {'liver': 1}\n"
-        "    def load(self, device): pass\n"
-        "    def predict(self, image, modality, prompt):\n"
-        "        return np.ones(image.shape, dtype=np.int16)\n"
-    )
+    write_vendor_model(tmp_path, "Everything", "vendor-everything", "np.ones")
     process, document = run_suite(
         tmp_path,
         "--umd-model",
@@ -181,17 +186,7 @@ def test_baseline_turns_known_failures_into_xfail(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_shards_split_models_and_merge_back(tmp_path: Path) -> None:
-    (tmp_path / "vendor_seg.py").write_text(
-        "import numpy as np\n"
-        "from umdbench.models.base import SegmentationModel\n"
-        "class Nothing(SegmentationModel):\n"
-        "    name = 'vendor-nothing'\n"
-        "    organs = ('liver',)\n"
-        "    label_ids = {'liver': 1}\n"
-        "    def load(self, device): pass\n"
-        "    def predict(self, image, modality, prompt):\n"
-        "        return np.zeros(image.shape, dtype=np.int16)\n"
-    )
+    write_vendor_model(tmp_path, "Nothing", "vendor-nothing", "np.zeros")
     common = [
         "--umd-model",
         "vendor_seg:Nothing",
