@@ -14,9 +14,9 @@ from typing import Any
 
 from umdbench.cases import GapCase
 from umdbench.policy import GapRule
-from umdbench.report.stats import PairedStats, paired_comparison
+from umdbench.report.stats import PairedStats, paired_comparison, subject_values
 
-__all__ = ["GapOutcome", "evaluate_gap", "figures_by_subject"]
+__all__ = ["GapOutcome", "evaluate_gap"]
 
 
 @dataclass
@@ -58,18 +58,10 @@ class GapOutcome:
         )
 
 
-def figures_by_subject(records: list[dict[str, Any]], metric: str) -> dict[str, float]:
-    """``{subject: figure}`` for the scored records (empty references and errors left out)."""
-    out = {}
-    for record in records:
-        value = record.get(metric)
-        if (
-            record.get("status") == "ok"
-            and isinstance(value, (int, float))
-            and math.isfinite(value)
-        ):
-            out[record["subject"]] = float(value)
-    return out
+def _one_case(records: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    """``{subject: figure}`` of one case's records, read exactly as the report's paired table
+    reads them (:func:`~umdbench.report.stats.subject_values`), so the two always agree."""
+    return next(iter(subject_values(records, metric).values()), {})
 
 
 def evaluate_gap(session: Any, gap: GapCase, seed: int = 0) -> GapOutcome:
@@ -79,7 +71,7 @@ def evaluate_gap(session: Any, gap: GapCase, seed: int = 0) -> GapOutcome:
         rule = GapRule("dice", math.inf, "no [[gap]] rule matches: reported, not judged")
     outcomes = [session.run_case(gap.case(arm)) for arm in (gap.arm_a, gap.arm_b)]
     skipped = next((o.skip_reason for o in outcomes if o.skip_reason), None)
-    a, b = (figures_by_subject(o.records, rule.metric) for o in outcomes)
+    a, b = (_one_case(o.records, rule.metric) for o in outcomes)
     stats = paired_comparison(a, b, seed=seed)
     if skipped is None and stats.n_pairs == 0:
         skipped = f"no subject has a scored {gap.organ} on both {gap.arm_a} and {gap.arm_b}"
