@@ -17,6 +17,13 @@ Contract, as the registry and the suite read it:
 - ``predict(image, modality, prompt)``: an integer label map **on the image's grid** (same
   shape, same affine). Automatic models return ``label_ids[organ]`` values; promptable models
   return a binary mask (1 = the prompted organ).
+- ``prompt_view(image, reference)`` (promptable models, optional): where the model's official
+  evaluation samples its clicks, when that is not the scan (SAM-Med3D: inside its 128^3 crop of
+  the resampled scan). The suite then draws every click from the ground truth in that view.
+- ``unsupported(organ, protocol)`` (optional): a reason why this model does not run that organ
+  under that protocol (the case is skipped with it), or ``None``.
+- ``inference_settings()`` (optional): the choices the run made (overlap, AMP, postprocessing),
+  recorded with every result.
 
 Images arrive as :class:`~umdbench.volume.Volume` (float32 voxels + affine in RAS+ mm), in
 whatever orientation and spacing the scan has: resampling and reorientation are the model's
@@ -36,7 +43,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from umdbench.prompts import Prompt
+from umdbench.prompts import Prompt, PromptView
 from umdbench.volume import Volume
 
 __all__ = [
@@ -103,6 +110,21 @@ class SegmentationModel(ABC):
     @abstractmethod
     def predict(self, image: Volume, modality: str, prompt: Prompt | None) -> np.ndarray:
         """A label map on ``image``'s grid (see the module docstring)."""
+
+    def prompt_view(self, image: Volume, reference: np.ndarray) -> PromptView | None:
+        """The ground truth as the official evaluation samples clicks from it; None: the scan.
+
+        ``reference`` is the boolean mask of the organ (or of one part of it) on ``image``'s grid.
+        """
+        return None
+
+    def unsupported(self, organ: str, protocol: str | None) -> str | None:
+        """Why this model does not run ``organ`` under ``protocol`` here (a skip), or None."""
+        return None
+
+    def inference_settings(self) -> dict[str, object]:
+        """What this run chose where the official code offers a choice (recorded per result)."""
+        return {}
 
     def weights_id(self) -> str:
         """A short content hash of the weights (provenance and cache key); ``none`` if none."""

@@ -29,6 +29,7 @@ import numpy as np
 __all__ = [
     "ORGAN_SYNONYMS",
     "Prompt",
+    "PromptView",
     "box_prompt",
     "case_seed",
     "check_protocol_name",
@@ -68,6 +69,30 @@ Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
+class PromptView:
+    """The ground truth as a model's official evaluation sees it, when that code samples its
+    clicks there rather than on the scan (SAM-Med3D: resampled to 1.5 mm, RAS, cropped to 128^3
+    around the label). Clicks are drawn from ``reference`` and the model's own mask in this
+    space, so every click lands inside the model's region of interest, as in the official code.
+
+    ``affine`` maps view voxel indices to world mm (RAS+); ``region`` is the JSON-ready
+    description of the region of interest that the results record; ``context`` is the model's
+    own data for ``predict`` (the crop it will feed the network), never recorded. After every
+    ``predict`` the model stores its mask on the view grid in ``prompt.state["view_mask"]``:
+    later clicks come from that mask's errors, as the official loop does.
+    """
+
+    reference: np.ndarray
+    affine: np.ndarray
+    region: dict[str, Any]
+    context: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.reference.shape)
+
+
+@dataclass(frozen=True)
 class Prompt:
     """What a promptable model is given for one organ of one scan, at one interaction step.
 
@@ -79,6 +104,13 @@ class Prompt:
     the organ; such prompts carry ``oracle=True``. ``state`` is one dict shared by every step of
     one interactive run, where a model keeps what it feeds back (e.g. SAM's low-res logits); it is
     never recorded.
+
+    ``view`` is the model's :class:`PromptView` when it declares one; then ``view_points`` are the
+    clicks as integer voxel indices of the view grid (``points`` stay scan voxel indices, possibly
+    fractional, of the same world positions). ``reference`` is the ground-truth mask on the scan
+    grid, given only under protocols where the model's own evaluation code samples the prompts
+    (``patchpoints``: VISTA3D's per-patch sampler). ``part`` names the part of a multi-part organ
+    being prompted (``left``/``right`` lung), ``None`` for a whole organ.
     """
 
     protocol: str
@@ -95,6 +127,10 @@ class Prompt:
     oracle: bool = False
     state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    view: PromptView | None = field(default=None, repr=False, compare=False)
+    view_points: np.ndarray | None = None
+    reference: np.ndarray | None = field(default=None, repr=False, compare=False)
+    part: str | None = None
 
     def to_record(self, affine: np.ndarray | None = None) -> dict[str, Any]:
         """A JSON-ready description, with world coordinates (mm) when the affine is given."""
@@ -105,10 +141,16 @@ class Prompt:
                 corners = np.array([self.box[0], self.box[1]], dtype=float)
                 record["box_world"] = voxel_to_world(corners, affine).round(2).tolist()
         if self.points is not None:
-            record["points_voxel"] = np.asarray(self.points).tolist()
+            record["points_voxel"] = np.round(np.asarray(self.points, dtype=float), 3).tolist()
             record["point_labels"] = np.asarray(self.point_labels).tolist()
             if affine is not None:
                 record["points_world"] = voxel_to_world(self.points, affine).round(2).tolist()
+        if self.view_points is not None:
+            record["points_view_voxel"] = np.asarray(self.view_points).tolist()
+        if self.view is not None:
+            record["region_of_interest"] = self.view.region
+        if self.part is not None:
+            record["part"] = self.part
         if self.text is not None:
             record["text"] = self.text
         if self.class_id is not None:
