@@ -1,11 +1,25 @@
-"""SAM-Med3D, SAM-Med3D-turbo and SegAnyPET through ``medim``'s architecture and local weights.
+"""SAM-Med3D, SAM-Med3D-turbo and SegAnyPET: ``medim``'s network, the official preprocessing.
 
-Evaluation protocol of SAM-Med3D (uni-medical/SAM-Med3D ``medim_infer.py``), followed here:
-RAS, 1.5 mm isotropic (bilinear), a 128^3 crop (zero padded) **centred on the ground-truth box**
-(an oracle: every prompt and result is flagged ``oracle``), z-normalisation over voxels > 0,
-points in crop voxel indices, the previous low-res logits (32^3) fed back as the mask prompt,
-logits upsampled trilinearly and thresholded at sigmoid 0.5. The prediction is pasted back into
-the resampled volume and mapped onto the scan grid with nearest-neighbour resampling.
+The evaluation follows uni-medical/SAM-Med3D ``utils/infer_utils.py`` (``data_preprocess``,
+``sam_model_infer``, ``data_postprocess``; SegAnyPET ships the same file) and calls the same
+torchio transforms it calls, in its order, per organ (per part of a multi-part organ):
+
+1. ``tio.Resample(1.5)`` of image (linear) and label (nearest), then ``tio.ToCanonical()`` (RAS);
+   the image in the voxel type its file holds (an integer CT is resampled as integers, as the
+   official code reading the file resamples it);
+2. ``tio.CropOrPad(mask_name="label", target_shape=(128,)*3)``: the 128^3 crop **centred on the
+   ground-truth box** (an oracle: every prompt and result is flagged ``oracle``);
+3. ``tio.ZNormalization(masking_method=lambda x: x > 0)`` of the cropped image.
+
+The cropped label is this model's :class:`~umdbench.prompts.PromptView`: the suite draws the
+first click uniformly from it and every later click from the error region of the model's own
+crop mask, as ``random_sample_next_click(prev_mask, roi_gt)`` does, so every click lies in the
+crop. Clicks are crop voxel indices; the image embedding is computed once; the previous low-res
+logits (32^3) are fed back as the mask prompt; the logits are upsampled trilinearly to 128^3 and
+thresholded at sigmoid 0.5. The crop mask goes back to the scan grid with
+``tio.Resample(target=<scan grid>, image_interpolation="nearest")`` as ``data_postprocess``
+does. An organ whose resampled, cropped label is empty gets an empty mask without a network
+call, as ``sam_model_infer`` returns one.
 
 Weights: ``<weights dir>/<model name>/<file>``, a checkpoint holding ``model_state_dict`` (the
 official layout) or a bare state dict, or ``.safetensors``; read with ``weights_only=True``.
@@ -24,35 +38,34 @@ import torch
 import torch.nn.functional as F
 
 from umdbench.models._families import (
-    ModelGrid,
     combined_hash,
     load_weights_into,
     require_packages,
-    to_model_grid,
     torch_device,
     weights_file,
-    zscore_nonzero,
 )
 from umdbench.models.base import LiteratureClaim, PromptKind, SegmentationModel, Tier
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
-from umdbench.prompts import Prompt
+from umdbench.prompts import Prompt, PromptView, voxel_to_world
 from umdbench.registry import register_model
 from umdbench.volume import Volume
 
-__all__ = ["Roi", "SamMed3D", "SamMed3DFamily", "SamMed3DTurbo", "SegAnyPET"]
+__all__ = ["SamCrop", "SamMed3D", "SamMed3DFamily", "SamMed3DTurbo", "SegAnyPET"]
 
 _UMD = "UMD study digest (Zhang et al., arXiv 2602.07643, 2026), literature column"
 
 
 @dataclass(frozen=True)
-class Roi:
-    """The model's view of one scan: the crop, where it sits, and the prompt points in it."""
+class SamCrop:
+    """What ``data_preprocess`` hands the network for one organ: the normalised crop, its grid.
 
-    grid: ModelGrid
-    start: np.ndarray  # crop origin on the model grid (may be negative: zero padding)
-    crop: torch.Tensor  # (128, 128, 128) raw intensities, before normalisation
-    points: np.ndarray  # (N, 3) crop voxel indices of the prompt points inside the crop
-    labels: np.ndarray  # (N,) 1 / 0
+    ``image`` is ``(128, 128, 128)`` float32 after ``ZNormalization``; ``affine`` maps crop
+    voxels to world mm (RAS+); ``scan`` is the scan whose grid the mask returns to.
+    """
+
+    image: torch.Tensor
+    affine: np.ndarray
+    scan: Volume
 
 
 class SamMed3DFamily(SegmentationModel):
@@ -62,7 +75,7 @@ class SamMed3DFamily(SegmentationModel):
     organs = CANONICAL_ORGANS
     protocols: ClassVar[tuple[str, ...]] = ("1click", "5clicks")
     tier = Tier.RANDOM_WEIGHTS
-    #: The crop is centred on the ground truth: the protocol gives ``roi_center`` (oracle).
+    #: The crop is centred on the ground truth, as in the official evaluation (an oracle).
     oracle_crop: ClassVar[bool] = True
     weights_name: ClassVar[str] = "sam_med3d.pth"
     weights_hint: ClassVar[str] = "the official checkpoint, e.g. sam_med3d_turbo.pth"
@@ -78,7 +91,7 @@ class SamMed3DFamily(SegmentationModel):
         self._path: Path | None = None
 
     def check_available(self, device: str) -> None:
-        require_packages(self.name, "medim")
+        require_packages(self.name, "medim", "torchio")
         torch_device(device)
         weights_file(self.name, self.weights_name, self.weights_hint)
 
@@ -96,48 +109,75 @@ class SamMed3DFamily(SegmentationModel):
     def weights_id(self) -> str:
         return combined_hash([self._path]) if self._path is not None else "none"
 
-    def roi(self, image: Volume, prompt: Prompt) -> Roi:
-        """Resample, crop around the oracle centre (or the first click) and map the points."""
-        if prompt.points is None or len(prompt.points) == 0:
-            raise ValueError(f"{self.name} needs point prompts, got protocol {prompt.protocol!r}")
-        grid = to_model_grid(image, self.spacing, "RAS")
-        center_scan = prompt.roi_center if prompt.roi_center is not None else prompt.points[0]
-        center = grid.points_from_scan(np.asarray([center_scan], dtype=float))[0]
-        start = np.floor(center + 0.5).astype(int) - self.crop_size // 2
-        crop = _crop(grid.tensor[0], start, self.crop_size)
-        points = np.rint(grid.points_from_scan(prompt.points)).astype(int) - start
-        inside = np.all((points >= 0) & (points < self.crop_size), axis=1)
-        labels = np.asarray(prompt.point_labels, dtype=int)
-        return Roi(grid, start, crop, points[inside], labels[inside])
+    def inference_settings(self) -> dict[str, object]:
+        return {
+            "preprocessing": "torchio Resample(1.5) -> ToCanonical -> CropOrPad(mask_name=label,"
+            f" {self.crop_size}^3) -> ZNormalization(x > 0), as SAM-Med3D data_preprocess",
+            "clicks": "drawn inside the crop from the cropped label and the crop mask",
+            "postprocessing": "sigmoid > 0.5 on the crop, torchio Resample(nearest) to the scan",
+        }
+
+    def prompt_view(self, image: Volume, reference: np.ndarray) -> PromptView:
+        """The official ``data_preprocess`` on this scan and organ: crop, cropped label, grid."""
+        import torchio as tio
+
+        subject = tio.Subject(
+            image=tio.ScalarImage(tensor=_as_stored(image.array), affine=image.affine),
+            label=tio.LabelMap(tensor=_as_tensor(reference, torch.uint8), affine=image.affine),
+        )
+        subject = tio.ToCanonical()(tio.Resample(target=self.spacing)(subject))
+        cropped = tio.CropOrPad(mask_name="label", target_shape=(self.crop_size,) * 3)(subject)
+        normalised = tio.ZNormalization(masking_method=lambda x: x > 0)(cropped.image.data)
+        affine = np.asarray(cropped.image.affine, dtype=float)
+        crop = SamCrop(normalised[0].float(), affine, image)
+        view_reference = cropped.label.data[0].numpy() > 0
+        return PromptView(view_reference, affine, self._region(affine, subject), crop)
+
+    def _region(self, affine: np.ndarray, canonical: Any) -> dict[str, Any]:
+        """Where the crop sits: on the resampled RAS grid and in world mm (for the record)."""
+        start = np.linalg.solve(canonical.image.affine, affine[:, 3])[:3]
+        corners = voxel_to_world(np.array([[0, 0, 0], [self.crop_size - 1] * 3]), affine)
+        return {
+            "kind": "crop centred on the ground-truth box (oracle)",
+            "grid": f"RAS {self.spacing[0]:g} mm (torchio Resample + ToCanonical)",
+            "shape": [self.crop_size] * 3,
+            "start_voxel": [int(np.rint(v)) for v in start],
+            "resampled_shape": [int(v) for v in canonical.spatial_shape],
+            "corners_world": corners.round(2).tolist(),
+        }
 
     def predict(self, image: Volume, modality: str, prompt: Prompt | None) -> np.ndarray:
         if self._net is None:
             raise RuntimeError(f"{self.name}: call load(device) before predict")
-        if prompt is None:
-            raise ValueError(f"{self.name} is promptable: prompt must be a Prompt, got None")
+        if prompt is None or prompt.view is None or prompt.view_points is None:
+            raise ValueError(
+                f"{self.name} clicks inside its crop of the ground truth, as its official"
+                " evaluation does: give a Prompt with view=model.prompt_view(image, reference)"
+                " and view_points (the suite's protocols do)"
+            )
+        crop: SamCrop = prompt.view.context
         state = prompt.state  # one dict per interactive run: embedding and low-res logits
-        roi = self.roi(image, prompt)
-        if len(roi.points) == 0:  # every click fell outside the crop: nothing to segment
-            return np.zeros(image.shape, dtype=np.uint8)
         if "embedding" not in state:
-            state["embedding"] = self._encode(roi.crop)
-        logits = self._decode(state, roi)
-        return _paste(roi, logits).astype(np.uint8)
+            state["embedding"] = self._encode(crop.image)
+        logits = self._decode(state, prompt.view_points, prompt.point_labels)
+        mask = (torch.sigmoid(logits.float()) > 0.5).cpu().numpy()
+        state["view_mask"] = mask
+        return _to_scan(mask, crop)
 
     @torch.no_grad()
     def _encode(self, crop: torch.Tensor) -> torch.Tensor:
-        return self._net.image_encoder(zscore_nonzero(crop)[None, None].to(self._device))
+        return self._net.image_encoder(crop[None, None].to(self._device))
 
     @torch.no_grad()
-    def _decode(self, state: dict[str, Any], roi: Roi) -> torch.Tensor:
+    def _decode(self, state: dict[str, Any], points: np.ndarray, labels: Any) -> torch.Tensor:
         low_size = self.crop_size // 4
         previous = state.get("low_res")
         if previous is None:
             previous = torch.zeros(1, 1, low_size, low_size, low_size, device=self._device)
-        coords = torch.as_tensor(roi.points, dtype=torch.float32, device=self._device)[None]
-        labels = torch.as_tensor(roi.labels, dtype=torch.int64, device=self._device)[None]
+        coords = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=self._device)
+        label_tensor = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self._device)
         sparse, dense = self._net.prompt_encoder(
-            points=[coords, labels], boxes=None, masks=previous
+            points=[coords[None], label_tensor[None]], boxes=None, masks=previous
         )
         low_res, _ = self._net.mask_decoder(
             image_embeddings=state["embedding"],
@@ -151,28 +191,28 @@ class SamMed3DFamily(SegmentationModel):
         return F.interpolate(low_res, size=size, mode="trilinear", align_corners=False)[0, 0]
 
 
-def _overlap(start: np.ndarray, size: int, shape: tuple[int, ...]) -> tuple[Any, Any]:
-    """Slices of the crop and of the volume that overlap."""
-    lo = np.maximum(start, 0)
-    hi = np.minimum(start + size, np.asarray(shape))
-    inner = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start, strict=True))
-    outer = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    return inner, outer
+def _as_stored(array: np.ndarray) -> torch.Tensor:
+    """The scan in the voxel type a file of it holds: integral values as int32, else float32.
+
+    The official code reads the file and torchio resamples in the stored type, so an integer CT
+    comes back from ``Resample`` rounded to integers; the suite's scans arrive as float32.
+    """
+    integral = np.array_equal(array, np.rint(array)) and np.abs(array).max(initial=0) < 2**31
+    return _as_tensor(array, torch.int32 if integral else torch.float32)
 
 
-def _crop(volume: torch.Tensor, start: np.ndarray, size: int) -> torch.Tensor:
-    """A ``size``^3 window of ``volume`` from ``start``, zero outside (torchio CropOrPad)."""
-    out = torch.zeros((size, size, size), dtype=volume.dtype)
-    inner, outer = _overlap(start, size, tuple(volume.shape))
-    out[inner] = volume[outer]
-    return out
+def _as_tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array)).to(dtype)[None]
 
 
-def _paste(roi: Roi, logits: torch.Tensor) -> np.ndarray:
-    full = np.zeros(roi.grid.shape, dtype=np.int16)
-    inner, outer = _overlap(roi.start, logits.shape[0], roi.grid.shape)
-    full[outer] = (torch.sigmoid(logits.float()) > 0.5).cpu().numpy()[inner]
-    return roi.grid.to_scan(full)
+def _to_scan(mask: np.ndarray, crop: SamCrop) -> np.ndarray:
+    """``data_postprocess``: the crop mask onto the scan grid, nearest, through torchio."""
+    import torchio as tio
+
+    label = tio.LabelMap(tensor=_as_tensor(mask), affine=crop.affine)
+    target = tio.ScalarImage(tensor=torch.zeros((1, *crop.scan.shape)), affine=crop.scan.affine)
+    resampled = tio.Resample(target=target, image_interpolation="nearest")(label)
+    return resampled.data[0].numpy().astype(np.uint8)
 
 
 @register_model

@@ -13,6 +13,7 @@ from umdbench.models._families import to_model_grid
 from umdbench.models.base import PromptKind, SegmentationModel
 from umdbench.prompts import (
     Prompt,
+    PromptView,
     box_prompt,
     case_seed,
     check_protocol_name,
@@ -20,6 +21,7 @@ from umdbench.prompts import (
     dsc_auc,
     edt_click,
     interior_point,
+    organ_parts,
     random_error_click,
     slice_axis,
 )
@@ -178,11 +180,128 @@ def test_random_clicks_land_in_the_error_with_the_right_sign(seed: int, flips: i
     previous = reference.copy()
     flat = rng.choice(previous.size, size=flips, replace=False)
     previous.flat[flat] = ~previous.flat[flat]
-    click = random_error_click(previous, reference, np.random.default_rng(seed))
-    assert click is not None
-    point, label = click
+    point, label = random_error_click(previous, reference, np.random.default_rng(seed))
     assert previous[tuple(point)] != reference[tuple(point)]
     assert label == int(reference[tuple(point)] and not previous[tuple(point)])
+
+
+def test_a_perfect_mask_still_gets_a_positive_organ_click() -> None:
+    """SAM-Med3D's random_sample_next_click: no error left -> a random ground-truth voxel."""
+    reference = _blob()
+    for seed in range(5):
+        point, label = random_error_click(reference, reference, np.random.default_rng(seed))
+        assert reference[tuple(point)] and label == 1
+
+
+def _two_lungs(gap: int = 4) -> np.ndarray:
+    mask = np.zeros((40, 20, 20), dtype=bool)
+    mask[2:16, 4:16, 4:16] = True  # low x: in an identity (RAS+) affine, the subject's left
+    mask[16 + gap : 38, 4:16, 4:16] = True  # high x: the right lung, larger
+    mask[1, 2, 2] = True  # a stray voxel, nearest to the left lung
+    return mask
+
+
+def test_lung_parts_are_the_two_components_named_by_side() -> None:
+    mask = _two_lungs()
+    parts = organ_parts(mask, "lung", np.eye(4))
+    assert [name for name, _ in parts] == ["right", "left"]
+    right, left = parts[0][1], parts[1][1]
+    assert right[30, 10, 10] and left[5, 10, 10] and left[1, 2, 2]  # the stray joins the left
+    assert np.array_equal(right | left, mask) and not (right & left).any()
+    flipped = organ_parts(mask, "lung", np.diag([-1.0, 1, 1, 1]))  # LPS-like x: sides swap
+    assert flipped[0][1][5, 10, 10] and flipped[0][0] == "right"
+
+
+def test_touching_lungs_and_single_organs_are_one_part() -> None:
+    touching = _two_lungs(gap=0)
+    touching[1, 2, 2] = False
+    assert [name for name, _ in organ_parts(touching, "lung", np.eye(4))] == [None]
+    assert [name for name, _ in organ_parts(_blob(), "liver", np.eye(4))] == [None]
+
+
+def test_each_lung_is_prompted_on_its_own_and_the_masks_merge() -> None:
+    mask = _two_lungs()
+    model = BallModel()
+    result = run_prompted(model, _volume(mask), "CT", mask, "lung", "3clicks", seed=2)
+    assert len(model.prompts) == 6 and [p.part for p in model.prompts[::3]] == ["right", "left"]
+    parts = result.prompt["parts"]
+    assert [p["part"] for p in parts] == ["right", "left"]
+    for part, prompt in zip(parts, model.prompts[2::3], strict=True):
+        assert len(part["steps"]) == 3 and len(part["points_voxel"]) == 3
+        side = mask.copy()
+        side[: 18] = part["part"] == "left"
+        side[18:] = part["part"] == "right"
+        first = tuple(int(v) for v in part["points_voxel"][0])
+        assert side[first] and mask[first]  # the first click lies in its own lung
+        assert prompt.points is not None and len(prompt.points) == 3
+    assert len(result.steps) == 3 and np.isfinite(result.dsc_auc)
+    last = [p.previous for p in model.prompts[2::3]]
+    assert result.steps[-1]["dice"] >= 0.0 and result.mask.shape == mask.shape
+    assert all(x is not None for x in last)
+    single = run_prompted(BallModel(), _volume(mask), "CT", mask, "lung", "text", seed=2)
+    assert "parts" not in single.prompt  # a name points at the organ, not at a place
+
+
+class CropViewModel(BallModel):
+    """A model whose official code clicks inside a crop: the x < 10 half of the scan."""
+
+    def prompt_view(self, image: Volume, reference: np.ndarray) -> PromptView:
+        affine = image.affine.copy()
+        return PromptView(reference[:10].copy(), affine, {"shape": [10, *reference.shape[1:]]})
+
+    def predict(self, image: Volume, modality: str, prompt: Prompt | None) -> np.ndarray:
+        out = super().predict(image, modality, prompt)
+        assert prompt is not None
+        prompt.state["view_mask"] = out[:10] > 0
+        return out
+
+
+def test_clicks_come_from_the_models_view_and_are_recorded_in_three_spaces() -> None:
+    mask = _blob()
+    shifted = np.array([[1.0, 0, 0, 5], [0, 2, 0, -3], [0, 0, 1.5, 7], [0, 0, 0, 1]])
+    model = CropViewModel()
+    result = run_prompted(model, _volume(mask, shifted), "CT", mask, "liver", "5clicks", seed=4)
+    for prompt in model.prompts:
+        assert prompt.view is not None and prompt.view_points is not None
+        assert np.all(prompt.view_points[:, 0] < 10)  # every click inside the view
+        assert np.allclose(prompt.points, prompt.view_points)  # this view shares the scan grid
+    assert model.prompts[0].view_points is not None
+    assert mask[:10][tuple(model.prompts[0].view_points[0])]
+    record = result.prompt
+    assert record["region_of_interest"] == {"shape": [10, 22, 18]}
+    assert len(record["points_view_voxel"]) == 5 and len(record["points_world"]) == 5
+
+
+def test_a_view_model_that_forgets_its_mask_is_told_what_to_store() -> None:
+    class Forgetful(CropViewModel):
+        def predict(self, image: Volume, modality: str, prompt: Prompt | None) -> np.ndarray:
+            return BallModel.predict(self, image, modality, prompt)
+
+    mask = _blob()
+    with pytest.raises(ValueError, match=r"state\['view_mask'\]"):
+        run_prompted(Forgetful(), _volume(mask), "CT", mask, "liver", "3clicks", seed=1)
+
+
+def test_an_organ_outside_the_view_gets_an_empty_mask_without_a_call() -> None:
+    mask = np.zeros((20, 22, 18), dtype=bool)
+    mask[12:18, 5:10, 5:10] = True  # entirely at x >= 10, outside CropViewModel's view
+    model = CropViewModel()
+    result = run_prompted(model, _volume(mask), "CT", mask, "liver", "1click", seed=1)
+    assert model.prompts == [] and not result.mask.any()
+
+
+def test_classid_clicks_and_patchpoints_protocols() -> None:
+    mask = _blob()
+    model = BallModel()
+    result = run_prompted(model, _volume(mask), "CT", mask, "liver", "classid-2clicks", seed=5)
+    assert [p.class_id for p in model.prompts] == [7, 7, 7]
+    assert model.prompts[0].points is None and len(model.prompts[-1].points) == 2
+    assert len(result.steps) == 3 and "click_voxel" not in result.steps[0]
+    model.prompts.clear()
+    run_prompted(model, _volume(mask), "CT", mask, "liver", "patchpoints", seed=5)
+    (prompt,) = model.prompts
+    assert prompt.class_id == 7 and prompt.points is None
+    assert prompt.reference is not None and np.array_equal(prompt.reference, mask)
 
 
 def test_run_prompted_is_reproducible_and_seed_dependent() -> None:

@@ -169,3 +169,26 @@ def test_failure_message_names_the_worst_subjects(tiny_cohort: Cohort) -> None:
     outcome = runner(tiny_cohort, Threshold50).run_case(Case("thr", "CT", "spleen"), BAR)
     message = outcome.failure_message()
     assert "thr-CT-spleen" in message and "worst subjects (dice): s0 0.000" in message
+
+
+class Settled(BoxModel):
+    """Declares what it chose, and refuses one organ as a model's official code would."""
+
+    name = "settled"
+    organs = ("liver", "spleen")
+
+    def unsupported(self, organ: str, protocol: str | None) -> str | None:
+        return "the official code refuses a box for spleen" if organ == "spleen" else None
+
+    def inference_settings(self) -> dict[str, object]:
+        return {"overlap": 0.25, "amp": False}
+
+
+def test_unsupported_combination_skips_with_the_models_reason(tiny_cohort: Cohort) -> None:
+    run = runner(tiny_cohort, Settled)
+    skipped = run.run_case(Case("settled", "CT", "spleen", "box"), BAR)
+    assert skipped.skip_reason == "settled: the official code refuses a box for spleen"
+    assert skipped.records == []
+    ran = run.run_case(Case("settled", "CT", "liver", "box"), BAR)
+    assert ran.skip_reason is None and ran.n_valid == 2
+    assert all(r["inference"] == {"overlap": 0.25, "amp": False} for r in ran.records)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CANONICAL_ORGANS", "MODALITIES", "PAIRED_COMPARISONS", "check_modality", "check_organ"]
+__all__ = [
+    "CANONICAL_ORGANS",
+    "MODALITIES",
+    "MULTIPART_ORGANS",
+    "PAIRED_COMPARISONS",
+    "check_modality",
+    "check_organ",
+]
 
 #: The study's 13 paired target organs (UMD, Zhang et al. 2026), in report order.
 CANONICAL_ORGANS: tuple[str, ...] = (
@@ -20,6 +27,13 @@ CANONICAL_ORGANS: tuple[str, ...] = (
     "esophagus",
     "stomach",
 )
+
+#: Organs that are several disjoint structures under one canonical name, and their parts, named
+#: by side (world x of the part's centroid; RAS+: larger x is the subject's right). A promptable
+#: model prompts each part on its own and the masks are merged, as SAM-Med3D's evaluation
+#: prompts each ground-truth label id on its own (one click on one lung cannot segment the
+#: other). How parts are found: ``umdbench.prompts.organ_parts``.
+MULTIPART_ORGANS: dict[str, tuple[str, ...]] = {"lung": ("right", "left")}
 
 #: The four arms of a subject: two sessions (PET/CT and PET/MRI), two images each.
 MODALITIES: tuple[str, ...] = ("CT", "PET_CT", "MRI", "PET_MRI")

@@ -37,6 +37,7 @@ __all__ = [
     "dsc_auc",
     "edt_click",
     "interior_point",
+    "organ_parts",
     "organ_text",
     "random_error_click",
     "random_foreground_point",
@@ -302,15 +303,16 @@ def _error_regions(
 
 def random_error_click(
     previous: np.ndarray, reference: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, int] | None:
+) -> tuple[np.ndarray, int]:
     """SAM-Med3D's next click: a random error voxel, label 1 if a false negative else 0.
 
-    ``None`` when the prediction is already perfect (no click is possible).
+    When the prediction is already perfect, a random organ voxel, positive, as the official
+    ``random_sample_next_click`` does (uni-medical/SAM-Med3D ``utils/infer_utils.py``).
     """
     false_neg, false_pos = _error_regions(previous, reference)
     coords = np.argwhere(false_neg | false_pos)
     if len(coords) == 0:
-        return None
+        return random_foreground_point(reference, "the organ", rng), 1
     point = coords[rng.integers(len(coords))]
     return point, int(false_neg[tuple(point)])
 
@@ -335,6 +337,43 @@ def edt_click(
     largest = components == int(np.argmax(sizes))
     point = _argmax_tie(_padded_edt(largest), rng)
     return point, int(false_neg[tuple(point)])
+
+
+def organ_parts(
+    mask: np.ndarray, organ: str, affine: np.ndarray
+) -> list[tuple[str | None, np.ndarray]]:
+    """The disjoint parts of a multi-part organ (``MULTIPART_ORGANS``), each as its own mask.
+
+    The ``k`` largest 26-connected components (``k`` = the organ's number of parts) seed the
+    parts; every other component joins the nearest seed, so the parts cover the mask exactly.
+    Parts are named by side from their centroids' world x. An organ that is not multi-part, or
+    whose mask has fewer components than parts (e.g. lungs that touch), is one part, ``None``.
+    """
+    from umdbench.organs import MULTIPART_ORGANS
+
+    mask = np.asarray(mask, dtype=bool)
+    names = MULTIPART_ORGANS.get(organ)
+    if names is None or not mask.any():
+        return [(None, mask)]
+    import cc3d
+    from scipy.ndimage import distance_transform_edt
+
+    components = np.asarray(cc3d.connected_components(mask.astype(np.uint8), connectivity=26))
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    seeds = [int(i) for i in np.argsort(sizes)[::-1][: len(names)] if sizes[i] > 0]
+    if len(seeds) < len(names):
+        return [(None, mask)]
+    seeded = np.zeros(mask.shape, dtype=np.int32)
+    for index, component in enumerate(seeds, start=1):
+        seeded[components == component] = index
+    nearest = distance_transform_edt(seeded == 0, return_distances=False, return_indices=True)
+    owner = seeded[tuple(nearest)] * mask
+    parts = [owner == index for index in range(1, len(seeds) + 1)]
+    x_world = [voxel_to_world(np.argwhere(p).mean(axis=0), affine)[0, 0] for p in parts]
+    # names are ordered by decreasing world x (right first in RAS+)
+    order = np.argsort(x_world)[::-1]
+    return [(names[rank], parts[int(i)]) for rank, i in enumerate(order)]
 
 
 def organ_text(organ: str) -> tuple[str, tuple[str, ...]]:

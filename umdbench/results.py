@@ -16,7 +16,11 @@ Schema (``schema_version`` 1), one JSON object:
   empty_reference / error), the metric figures (``dice``, ``tp``, ``fp``, ``fn``, ``n_ref``,
   ``n_pred`` and whatever else the metrics engine gives), ``spacing``, ``inference_seconds``,
   ``prediction_reused`` (true when another organ case's pass was reused: do not count its time
-  twice), ``device``, ``prompt`` (or null), ``error`` (or null).
+  twice), ``device``, ``prompt`` (or null), ``error`` (or null), ``inference`` (the model's
+  ``inference_settings()``: e.g. overlap, AMP, postprocessing, where it states them).
+  A promptable record's ``prompt`` holds the clicks in scan voxels, world mm and, for models
+  with a prompt view, view voxels with the ``region_of_interest``; a multi-part organ's prompt
+  holds ``parts``, one prompt record (with its steps) per part.
 
 NaN is written as ``null``.
 """

@@ -171,6 +171,9 @@ class CaseRunner:
             model = self.model(case.model)
         except ModelSkipped as reason:
             return CaseOutcome(case, threshold, records=[], skip_reason=str(reason))
+        unsupported = model.unsupported(case.organ, case.protocol)
+        if unsupported:
+            return CaseOutcome(case, threshold, records=[], skip_reason=f"{model.name}: {unsupported}")
         outcome = CaseOutcome(case, threshold, records=[], weights_id=model.weights_id())
         key = prediction_key("case", case.id, outcome.weights_id or "", self.cohort.name)
         outcome.records = [
@@ -260,6 +263,9 @@ class CaseRunner:
             device=prediction.device,
             **prediction.extra,
         )
+        settings = model.inference_settings()
+        if settings:
+            record["inference"] = settings
         return record
 
     @staticmethod
