@@ -6,9 +6,10 @@ organ after that model's preprocessing.
 
 The click rules follow their sources:
 
-- SAM-Med3D (uni-medical/SAM-Med3D ``medim_infer.py``): the first click is a uniformly random
-  ground-truth voxel; each later click a uniformly random voxel of the error region, positive
-  when that voxel is a false negative, negative when a false positive.
+- SAM-Med3D (uni-medical/SAM-Med3D ``utils/infer_utils.py`` ``random_sample_next_click``): the
+  first click is a uniformly random ground-truth voxel; each later click a uniformly random
+  voxel of the error region, positive when that voxel is a false negative, negative when a
+  false positive; with no error left, a random ground-truth voxel again, positive.
 - CVPR 2025 interactive challenge (``CVPR25_iter_eval.py``): the click sits at the maximum of the
   Euclidean distance transform of the largest 26-connected error component (the volume border
   counts as outside); ties are broken by the seeded generator.
