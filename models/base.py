@@ -99,6 +99,10 @@ class SegmentationModel(ABC):
     label_ids: ClassVar[Mapping[str, int]] = {}
     #: Prompt protocols the suite runs for this model (promptable models; part of the case id).
     protocols: ClassVar[tuple[str, ...]] = ()
+    #: False: left out of audits of the built-in synthetic cohort unless named in
+    #: ``--umd-models`` (a model that is slow on CPU and meaningless on synthetic anatomy, e.g.
+    #: a brain-extraction net); it runs on every real dataset.
+    synthetic_audit: ClassVar[bool] = True
 
     def check_available(self, device: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`ModelUnavailable` when this model cannot run on ``device`` here."""

@@ -34,6 +34,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "umdbench.models.classical",
     "umdbench.models.unet",
     "umdbench.models.deepbet",
+    "umdbench.models.hd_bet",
     "umdbench.models.vista3d",
     "umdbench.models.sam_med3d",
     "umdbench.models.monai_bundle",

@@ -197,6 +197,12 @@ class UmdSession:
             names = self.registry.select(self.options.models, self.options.skip_models)
         except KeyError as error:
             raise pytest.UsageError(f"--umd-models: {error.args[0]}") from error
+        if self.options.dataset is None:  # the built-in synthetic cohort
+            names = [
+                name
+                for name in names
+                if self.registry.get(name).synthetic_audit or name in self.options.models
+            ]
         if self.options.shard is None:
             return names
         from umdbench.shards import select_shard
