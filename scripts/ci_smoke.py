@@ -6,8 +6,8 @@ Runs ``pytest benchmarks -n 4`` on a small matrix (3 subjects, a few organs) and
 ended normally (0 or 1, never an internal, usage or no-tests error); the results file holds
 every case exactly once; the verdicts the study predicts hold (the CT-only UNet passes CT and
 fails PET; its CT~PET_CT gap fails); the report was written. Then, where ``../shared/samples``
-exists, the real samples cohort through the same suite: deepbet's real weights on the SPM12
-T1 and PET templates must give their Dice in the results.
+exists, the real samples cohort through the same suite: deepbet's and HD-BET's real weights on
+the SPM12 T1 and PET templates must give their Dice in the results.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ EXPECTED_GAPS = {
 
 
 SAMPLES = REPO.parent / "shared" / "samples"
-EXPECTED_SAMPLES = {"deepbet-MRI-brain": "passed", "deepbet-PET_MRI-brain": "passed"}
+EXPECTED_SAMPLES = {
+    "deepbet-MRI-brain": "passed",
+    "deepbet-PET_MRI-brain": "passed",
+    "hd-bet-MRI-brain": "passed",
+    "hd-bet-PET_MRI-brain": "passed",
+}
 
 
 def run_main_job(out: Path, *options: str) -> tuple[int, str]:
@@ -120,7 +125,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="umd-smoke-samples-") as folder:
             out = Path(folder)
             status, output = run_main_job(
-                out, "--umd-dataset", "samples", "--umd-models", "deepbet,classical-otsu"
+                out, "--umd-dataset", "samples", "--umd-models", "deepbet,hd-bet,classical-otsu"
             )
             print(output[-3000:])
             problems += check_samples(out, status)
