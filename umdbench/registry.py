@@ -37,6 +37,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "umdbench.models.hd_bet",
     "umdbench.models.vista3d",
     "umdbench.models.sam_med3d",
+    "umdbench.models.nninteractive",
     "umdbench.models.monai_bundle",
 )
 
