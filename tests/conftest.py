@@ -20,6 +20,17 @@ SAMPLES = REPO.parent / "shared" / "samples"
 os.environ.setdefault("UMD_CACHE_DIR", str(Path(tempfile.gettempdir()) / "umdbench-test-cache"))
 
 
+@pytest.fixture(scope="module")
+def brain() -> np.ndarray:
+    """The SPM12 brain mask (> 0.5), the reference of the brain-extraction models' real tests."""
+    folder = SAMPLES / "spm12"
+    if not folder.is_dir():
+        pytest.skip(f"SPM12 samples not found at {folder} (see ../shared/samples/README.md)")
+    from umdbench.volume import load_volume
+
+    return load_volume(folder / "brainmask.nii", dtype=np.float32).array > 0.5
+
+
 @pytest.fixture
 def tiny_cohort(tmp_path: Path) -> Cohort:
     """Two subjects, CT and PET_CT, a cube 'liver' and a ball 'spleen' on a 20^3 grid."""

@@ -24,13 +24,6 @@ def model() -> DeepBet:
     return bet
 
 
-@pytest.fixture(scope="module")
-def brain() -> np.ndarray:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"SPM12 samples not found at {SAMPLES} (see ../shared/samples/README.md)")
-    return load_volume(SAMPLES / "brainmask.nii", dtype=np.float32).array > 0.5
-
-
 def test_weights_are_hashed(model: DeepBet) -> None:
     assert len(model.weights_id()) == 16 and model.weights_id() != "none"
     assert DeepBet.metadata()["tier"] == "real-weights"

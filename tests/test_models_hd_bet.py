@@ -31,13 +31,6 @@ def model() -> HdBet:
     return bet
 
 
-@pytest.fixture(scope="module")
-def brain() -> np.ndarray:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"SPM12 samples not found at {SAMPLES} (see ../shared/samples/README.md)")
-    return load_volume(SAMPLES / "brainmask.nii", dtype=np.float32).array > 0.5
-
-
 def _adapter_t1(model: HdBet) -> np.ndarray:
     if "T1" not in _t1_masks:
         image = load_volume(SAMPLES / "T1.nii", dtype=np.float32)
