@@ -117,7 +117,7 @@ def main() -> int:
             "--umd-organs",
             ",".join(ORGANS),
             "--umd-skip-models",
-            "vista3d,sam-med3d*,seganypet",
+            "vista3d,sam-med3d*,seganypet,nninteractive",
         )
         print(output[-6000:])
         problems = check(out, status, output)
