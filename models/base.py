@@ -123,7 +123,10 @@ class SegmentationModel(ABC):
         return None
 
     def unsupported(self, organ: str, protocol: str | None) -> str | None:
-        """Why this model does not run ``organ`` under ``protocol`` here (a skip), or None."""
+        """Why this model does not run ``organ`` under ``protocol`` here (a skip), or None.
+
+        The suite puts the model's name before the reason; the reason need not repeat it.
+        """
         return None
 
     def inference_settings(self) -> dict[str, object]:

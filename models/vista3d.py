@@ -303,7 +303,7 @@ class Vista3D(SegmentationModel):
         if len(ids) == 1:
             return None
         return (
-            f"{self.name}: the bundle prompts {organ} (class {self.label_ids[organ]}) as"
+            f"the bundle prompts {organ} (class {self.label_ids[organ]}) as"
             f" subclasses {ids}, and refuses point prompts with a label prompt of several"
             f" objects (Vista3dEvaluator.check_prompts_format: {_SEVERAL_OBJECTS!r})"
         )
