@@ -3,7 +3,8 @@
 ``umdbench report RESULTS.json [-o DIR]``, ``umdbench merge A.json B.json -o OUT.json``,
 ``umdbench compare OLD.json NEW.json [--dice-tol ...]`` (exit 1 on a regression),
 ``umdbench baseline RESULTS.json -o BASELINE.json`` and
-``umdbench check-baseline BASELINE.json RESULTS.json`` (exit 1 on a new failure).
+``umdbench check-baseline BASELINE.json RESULTS.json`` (exit 1 on a new failure) and
+``umdbench train-baseline ARM --out DIR`` (an nnU-Net v2 baseline, ``umdbench.baseline_training``).
 Bad input exits 2 with a message that names the file.
 """
 
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "a new failure")
     check.add_argument("baseline", type=Path, metavar="BASELINE.json")
     check.add_argument("results", type=Path, metavar="RESULTS.json")
+    from umdbench.baseline_training import add_arguments
+
+    train = sub.add_parser("train-baseline", help="train an nnU-Net v2 baseline on one arm "
+                           "(nnU-Net's planning, preprocessing and trainer)")
+    add_arguments(train)
     return parser
 
 
@@ -113,8 +119,14 @@ def _check_baseline(args: argparse.Namespace) -> int:
     return 0 if review.ok else 1
 
 
+def _train_baseline(args: argparse.Namespace) -> int:
+    from umdbench.baseline_training import run_command
+
+    return run_command(args, sys.argv[1:])
+
+
 _COMMANDS = {"report": _report, "merge": _merge, "compare": _compare, "baseline": _baseline,
-             "check-baseline": _check_baseline}
+             "check-baseline": _check_baseline, "train-baseline": _train_baseline}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
