@@ -38,6 +38,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "umdbench.models.vista3d",
     "umdbench.models.sam_med3d",
     "umdbench.models.nninteractive",
+    "umdbench.models.nnunet",
+    "umdbench.models.voxtell",
     "umdbench.models.monai_bundle",
 )
 
