@@ -14,8 +14,10 @@ modality); this module does *how*, once:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ from umdbench.volume import Volume
 __all__ = [
     "ModelGrid",
     "combined_hash",
+    "forced_weights_only_load",
     "load_state_dict",
     "load_weights_into",
+    "numpy_safe_globals",
     "require_packages",
     "to_model_grid",
     "torch_device",
@@ -47,6 +51,36 @@ def require_packages(model: str, *packages: str) -> None:
             raise ModelUnavailable(
                 f"{model} needs the Python package {package!r}: pip install {package}"
             )
+
+
+def numpy_safe_globals() -> list[Any]:
+    """numpy scalars and dtypes that nnU-Net-style training checkpoints hold (logged metrics)."""
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
+    classes = ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType",
+               "BoolDType")
+    found = [getattr(dtypes, name) for name in classes if hasattr(dtypes, name)]
+    return [core.multiarray.scalar, np.dtype, *found]
+
+
+@contextlib.contextmanager
+def forced_weights_only_load() -> Iterator[None]:
+    """Force ``torch.load(weights_only=True)`` on a package's own checkpoint read.
+
+    Packages of the nnU-Net family read checkpoints with ``weights_only=False``; under this
+    context a checkpoint holding any pickled object beyond tensors and numpy scalars is refused
+    (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), never executed.
+    """
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def weights_file(model: str, filename: str, how: str) -> Path:

@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -63,7 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from umdbench.models._families import combined_hash, torch_device
+from umdbench.models._families import combined_hash, forced_weights_only_load, torch_device
 from umdbench.models.base import (
     LiteratureClaim,
     ModelUnavailable,
@@ -148,30 +147,6 @@ def find_model_folder() -> Path:
     return folder
 
 
-def _safe_load_globals() -> list[Any]:
-    """numpy scalars that nnU-Net training checkpoints hold (logged metrics), nothing else."""
-    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
-    classes = ("Float64DType", "Float32DType", "Int64DType")
-    found = [getattr(dtypes, name) for name in classes if hasattr(dtypes, name)]
-    return [core.multiarray.scalar, np.dtype, *found]
-
-
-@contextlib.contextmanager
-def _weights_only_load() -> Iterator[None]:
-    """Force ``torch.load(weights_only=True)`` for the package's own checkpoint read."""
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(_safe_load_globals()):
-            yield
-    finally:
-        if previous is None:
-            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
-
-
 @contextlib.contextmanager
 def _numpy_seed(seed: int) -> Iterator[None]:
     """Seed numpy's global RNG (the package's refinement planner draws from it), then restore."""
@@ -237,7 +212,7 @@ class NnInteractive(SegmentationModel):
                 enable_undo=False,
             )
             try:
-                with _weights_only_load():
+                with forced_weights_only_load():
                     session.initialize_from_trained_model_folder(str(folder))
             except Exception as error:
                 if "weights_only" not in str(error) and "Unsupported global" not in str(error):

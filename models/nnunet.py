@@ -40,7 +40,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from umdbench.models._families import combined_hash, require_packages, torch_device
+from umdbench.models._families import (
+    combined_hash,
+    numpy_safe_globals,
+    require_packages,
+    torch_device,
+)
 from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel, Tier
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.prompts import Prompt
@@ -84,17 +89,6 @@ def label_ids_from_dataset_json(dataset_json: Mapping[str, Any]) -> dict[str, in
     return ids
 
 
-def _numpy_safe_globals() -> list[Any]:
-    """numpy's scalar reconstructor and dtype classes: what nnU-Net's training log pickles."""
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32,
-                                          np.int64, np.bool_)]
-    return [scalar, np.dtype, *dtypes]
-
-
 def load_checkpoint_safely(path: Path) -> dict[str, Any]:
     """An nnU-Net checkpoint read without running arbitrary pickled code."""
     import torch
@@ -104,7 +98,7 @@ def load_checkpoint_safely(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError:
         pass
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ModelUnavailable(
@@ -115,22 +109,31 @@ def load_checkpoint_safely(path: Path) -> dict[str, Any]:
         ) from error
 
 
-_TRAINER_SOURCE = re.compile(
-    r'class (?P<name>\w+)\(nnUNetTrainer\):\n    def __init__\(self, plans: dict, configuration: '
-    r'str, fold: int, dataset_json: dict,\n                 device: torch.device = torch.device\('
-    r'"cuda"\)\):\n        super\(\).__init__\(plans, configuration, fold, dataset_json, device\)\n'
-    r'        self.num_epochs = \d+\n        self.num_iterations_per_epoch = \d+\n'
-    r'        self.num_val_iterations_per_epoch = \d+\n'
-    r'        self.save_every = max\(1, self.num_epochs\)\n$'
+_SCHEDULE = re.compile(
+    r"self.num_epochs = (\d+)\n\s+self.num_iterations_per_epoch = (\d+)\n"
+    r"\s+self.num_val_iterations_per_epoch = (\d+)\n"
 )
+
+
+def _is_umdbench_cpu_trainer(source: str, name: str) -> bool:
+    """Whether ``source`` is, character for character, what ``train-baseline`` writes."""
+    from umdbench.baseline_training import BASE_TRAINERS, trainer_source
+
+    schedule = _SCHEDULE.search(source)
+    if schedule is None:
+        return False
+    epochs, iterations, validation = (int(v) for v in schedule.groups())
+    return any(source == trainer_source(epochs, iterations, validation, name, base)
+               for base in BASE_TRAINERS)
 
 
 def resolve_trainer_class(name: str, folder: Path) -> Any:
     """The trainer class whose ``build_network_architecture`` rebuilds the network.
 
     umdbench's CPU trainer (shipped as ``trainer/<name>.py``, checked to be the schedule-only
-    source ``umdbench train-baseline`` writes, never imported) builds the network with
-    ``nnUNetTrainer``'s own method; any other name is looked up by nnU-Net
+    source ``umdbench train-baseline`` writes over ``nnUNetTrainer`` or one of nnU-Net's own
+    optimiser variants, never imported) builds the network with ``nnUNetTrainer``'s own method
+    (none of those bases overrides it); any other name is looked up by nnU-Net
     (``recursive_find_trainer_class_by_name``, which honours ``nnUNet_extTrainer``).
     """
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -139,8 +142,7 @@ def resolve_trainer_class(name: str, folder: Path) -> Any:
         return nnUNetTrainer
     shipped = folder / "trainer" / f"{name}.py"
     if name == CPU_TRAINER_NAME and shipped.is_file():
-        match = _TRAINER_SOURCE.search(shipped.read_text())
-        if match is None or match["name"] != name:
+        if not _is_umdbench_cpu_trainer(shipped.read_text(), name):
             raise ModelUnavailable(f"{shipped} is not the schedule-only trainer umdbench writes")
         return nnUNetTrainer
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name

@@ -53,16 +53,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from umdbench.models._families import combined_hash, torch_device
+from umdbench.models._families import combined_hash, forced_weights_only_load, torch_device
 from umdbench.models.base import (
     LiteratureClaim,
     ModelUnavailable,
@@ -211,7 +210,7 @@ def build_embedding_bank(
     names = list(
         dict.fromkeys(p.lower() for p in (prompts if prompts is not None else bank_prompts()))
     )
-    with _weights_only_load():
+    with forced_weights_only_load():
         predictor = VoxTellPredictor(
             model_dir=str(folder),
             device=torch.device(device),
@@ -259,31 +258,6 @@ def from_voxtell_array(mask: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     ras = np.transpose(mask, _TO_VOXTELL)
     back = apply_orientation(ras, ornt_transform(axcodes2ornt("RAS"), ornt))
     return np.ascontiguousarray(back)
-
-
-# -- safe checkpoint read --------------------------------------------------------------------
-def _safe_load_globals() -> list[Any]:
-    """numpy scalars that nnU-Net-style training checkpoints hold (logged metrics), nothing else."""
-    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
-    dtypes = getattr(np, "dtypes", None)
-    classes = ("Float64DType", "Float32DType", "Int64DType")
-    found = [getattr(dtypes, name) for name in classes if hasattr(dtypes, name)]
-    return [core.multiarray.scalar, np.dtype, *found]
-
-
-@contextlib.contextmanager
-def _weights_only_load() -> Iterator[None]:
-    """Force ``torch.load(weights_only=True)`` for the package's own checkpoint read."""
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(_safe_load_globals()):
-            yield
-    finally:
-        if previous is None:
-            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def _check_bank(bank: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
@@ -347,7 +321,7 @@ class VoxTell(SegmentationModel):
             ) from error
         _check_bank(bank, bank_path)
         try:
-            with _weights_only_load():
+            with forced_weights_only_load():
                 predictor = VoxTellPredictor(
                     model_dir=str(folder),
                     device=self._device,

@@ -88,6 +88,7 @@ CPU_REDUCTION: dict[str, Any] = {
     "epochs": 10,  # [1000]
     "iterations_per_epoch": 100,  # [250]
     "val_iterations_per_epoch": 5,  # [50]
+    "base_trainer": "nnUNetTrainerAdam1en3",  # [nnUNetTrainer: SGD, LR 1e-2]
 }
 
 #: nnU-Net's defaults, used on a GPU.
@@ -97,26 +98,39 @@ GPU_DEFAULTS: dict[str, Any] = {
     "epochs": 1000,
     "iterations_per_epoch": 250,
     "val_iterations_per_epoch": 50,
+    "base_trainer": "nnUNetTrainer",
 }
 
 CONFIGURATION = "3d_fullres"
 DEFAULT_DATASET_ID = 901
 
 
-def trainer_source(epochs: int, iterations: int, val_iterations: int, name: str) -> str:
-    """Source of the schedule-only trainer subclass (nnU-Net's ``nnUNetTrainer_Xepochs`` style)."""
-    return f'''"""Written by umdbench train-baseline: nnU-Net's nnUNetTrainer with a shorter schedule only.
+#: The nnU-Net trainers a CPU trainer may extend: each one of nnU-Net's own (class -> module).
+#: ``nnUNetTrainerAdam1en3`` is nnU-Net's AdamW variant (initial LR 1e-3, same poly schedule):
+#: with nnU-Net's SGD (LR 1e-2) the CT baseline still predicted only background after 500 of
+#: 1,000 iterations; with AdamW it learns within that budget.
+BASE_TRAINERS: dict[str, str] = {
+    "nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
+    "nnUNetTrainerAdam1en3": "nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam",
+}
+
+
+def trainer_source(epochs: int, iterations: int, val_iterations: int, name: str,
+                   base: str = "nnUNetTrainer") -> str:
+    """Source of the schedule-only subclass of ``base`` (nnU-Net's ``nnUNetTrainer_Xepochs`` style)."""
+    module = BASE_TRAINERS[base]
+    return f'''"""Written by umdbench train-baseline: nnU-Net's {base} with a shorter schedule only.
 
 Everything else (network, loss, augmentation, optimiser, poly LR, deep supervision, and the
-network builder nnU-Net's predictor calls) is inherited unchanged from nnUNetTrainer.
+network builder nnU-Net's predictor calls) is inherited unchanged from {base}.
 """
 
 import torch
 
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from {module} import {base}
 
 
-class {name}(nnUNetTrainer):
+class {name}({base}):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -410,7 +424,8 @@ def train_baseline(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[s
             trainer_dir.mkdir(exist_ok=True)
             trainer_file = trainer_dir / f"{trainer}.py"
             trainer_file.write_text(trainer_source(schedule["epochs"], schedule["iterations_per_epoch"],
-                                                   schedule["val_iterations_per_epoch"], trainer))
+                                                   schedule["val_iterations_per_epoch"], trainer,
+                                                   schedule["base_trainer"]))
         config = {
             "dataset_id": args.dataset_id, "reduced": reduced, "fold": str(fold), "trainer": trainer,
             "device": device, "threads": args.threads, "report": str(work / "worker_report.json"),
