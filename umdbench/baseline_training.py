@@ -248,6 +248,11 @@ def _worker(config_path: Path) -> int:
     timings["fingerprint_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA while it estimates memory, and
+    # torch refuses 0 (no augmentation workers, as the tests train): at least 1 while planning
+    da_workers = os.environ.get("nnUNet_n_proc_DA")
+    if da_workers is not None and int(da_workers) < 1:
+        os.environ["nnUNet_n_proc_DA"] = "1"
     if reduced is None:
         planner_class: type = ExperimentPlanner
         _, plans_identifier = plan_experiment_dataset(dataset_id, planner_class)
@@ -266,6 +271,8 @@ def _worker(config_path: Path) -> int:
             overwrite_target_spacing=tuple(spacing) if spacing else None,
             overwrite_plans_name=reduced["plans_name"],
         )
+    if da_workers is not None:
+        os.environ["nnUNet_n_proc_DA"] = da_workers
     timings["planning_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

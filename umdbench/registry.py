@@ -40,6 +40,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "umdbench.models.nninteractive",
     "umdbench.models.nnunet",
     "umdbench.models.voxtell",
+    "umdbench.models.totalsegmentator",
     "umdbench.models.segvol",
     "umdbench.models.sat",
     "umdbench.models.monai_bundle",
