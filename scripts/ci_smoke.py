@@ -28,9 +28,13 @@ EXPECTED_CASES = {
     "unet-ct-CT-lung": "passed",
     "unet-ct-PET_CT-liver": "failed",
     "unet-ct-PET_MRI-liver": "failed",
+    # the PET_CT nnU-Net baseline: liver 0.93 on its own arm, nothing on CT (default audit)
+    "nnunet-pet_ct-PET_CT-liver": "passed",
+    "nnunet-pet_ct-CT-liver": "failed",
 }
 EXPECTED_GAPS = {
     "unet-ct-liver-CT~PET_CT": "failed",
+    "nnunet-pet_ct-liver-CT~PET_CT": "failed",
 }
 
 
@@ -75,7 +79,7 @@ def check(out: Path, status: int, output: str) -> list[str]:
     document = json.loads((out / "results.json").read_text())
     ids = Counter(case["case_id"] for case in document["cases"])
     problems += [f"case {c} appears {n} times" for c, n in ids.items() if n != 1]
-    for model in ("unet-ct", "unet-multimodal", "deepbet", "classical-otsu", "nnunet-ct",
+    for model in ("unet-ct", "unet-multimodal", "classical-otsu", "nnunet-ct",
                   "nnunet-pet_ct", "nnunet-mri", "nnunet-pet_mri"):
         if not any(case["model"] == model for case in document["cases"]):
             problems.append(f"no case of built-in model {model}")
