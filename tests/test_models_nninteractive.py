@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _nnunet_folders import TINY_PLAIN_UNET
 
 from umdbench.models.base import ModelUnavailable
 from umdbench.prompts import case_seed
@@ -52,26 +53,7 @@ sitk = pytest.importorskip("SimpleITK")
 from umdbench.models.nninteractive import NnInteractive  # noqa: E402
 
 CONFIGURATION = "3d_fullres_tiny"
-ARCHITECTURE = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 2,
-        "features_per_stage": [4, 8],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3], [3, 3, 3]],
-        "strides": [[1, 1, 1], [2, 2, 2]],
-        "n_conv_per_stage": [1, 1],
-        "n_conv_per_stage_decoder": [1],
-        "conv_bias": True,
-        "norm_op": None,
-        "norm_op_kwargs": None,
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
+ARCHITECTURE = TINY_PLAIN_UNET
 PATCH = 24
 
 

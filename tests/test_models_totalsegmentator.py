@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _nnunet_folders import TINY_PLAIN_UNET
 
 pytest.importorskip(
     "totalsegmentator", reason="TotalSegmentator is not installed: pip install TotalSegmentator"
@@ -86,26 +87,7 @@ FAVOURED = {
     "total_mr": ("liver", "stomach", "kidney_right", "aorta", "gallbladder", *LUNG["total_mr"]),
 }
 PATCH = 24
-ARCHITECTURE = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 2,
-        "features_per_stage": [4, 8],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3], [3, 3, 3]],
-        "strides": [[1, 1, 1], [2, 2, 2]],
-        "n_conv_per_stage": [1, 1],
-        "n_conv_per_stage_decoder": [1],
-        "conv_bias": True,
-        "norm_op": None,
-        "norm_op_kwargs": None,
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
+ARCHITECTURE = TINY_PLAIN_UNET
 SENTINELS = {
     "nnUNet_raw": "/sentinel/raw",
     "nnUNet_preprocessed": "/sentinel/preprocessed",
