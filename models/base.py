@@ -32,6 +32,7 @@ preprocessing, and so is mapping the output back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from abc import ABC, abstractmethod
@@ -162,12 +163,23 @@ class SegmentationModel(ABC):
 
 
 def file_sha256(path: str, length: int = 16) -> str:
-    """Hex digest prefix of a file, streamed (weights can be GBs)."""
+    """Hex digest prefix of a file, streamed (weights can be GBs).
+
+    Remembered per process while the file's inode, size and mtime stay the same: the runner
+    asks for ``weights_id()`` once per case, and a multi-GB checkpoint must not be re-read
+    each time.
+    """
+    info = os.stat(path)
+    return _sha256_of(os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns)[:length]
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return digest.hexdigest()
 
 
 def weights_root() -> Path | None:

@@ -121,3 +121,20 @@ def test_model_names_must_fit_case_ids(name: str) -> None:
 
     with pytest.raises(TypeError, match="`name` must"):
         register_model(_model(name))
+
+
+def test_file_sha256_is_remembered_only_while_the_file_is_unchanged(tmp_path) -> None:
+    """weights_id() is asked per case: the hash is cached, but never outlives the file's content."""
+    import hashlib
+    import os
+
+    from umdbench.models.base import file_sha256
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"first")
+    assert file_sha256(str(path)) == hashlib.sha256(b"first").hexdigest()[:16]
+    path.write_bytes(b"other")  # same size: only mtime (forced below) tells them apart
+    info = path.stat()
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    assert file_sha256(str(path)) == hashlib.sha256(b"other").hexdigest()[:16]
+    assert file_sha256(str(path), length=8) == hashlib.sha256(b"other").hexdigest()[:8]
