@@ -552,6 +552,7 @@ FAKE_SAT = {
                          device=None):
                 super().__init__()
                 self.model = {"ours": Knowledge_Encoder}[text_encoder]()
+                # as SAT's own code reads it: the adapter must force weights_only around it
                 torch.load(checkpoint, map_location="cpu", weights_only=False)
                 log("text_encoder", text_encoder=text_encoder, checkpoint=checkpoint,
                     partial_load=partial_load, open_bert_layer=open_bert_layer,
@@ -582,6 +583,7 @@ FAKE_SAT = {
 
 
         def load_checkpoint(checkpoint, resume, partial_load, model, device, optimizer=None):
+            # as SAT's own code reads it: the adapter must force weights_only around it
             torch.load(checkpoint, map_location="cpu", weights_only=False)
             log("load_checkpoint", checkpoint=checkpoint, resume=resume,
                 partial_load=partial_load)

@@ -335,8 +335,11 @@ def export_results_folder(trained: Path, out: Path, fold: int | str, trainer_fil
         shutil.copy2(trained / name, out / name)
     fold_in, fold_out = trained / f"fold_{fold}", out / f"fold_{fold}"
     fold_out.mkdir(exist_ok=True)
-    # nnU-Net's checkpoint is its own file; we trust it here because we just wrote it
-    full = torch.load(fold_in / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    # nnU-Net's full training checkpoint, read as every checkpoint is: weights_only, numpy
+    # scalars of its training log allow-listed (the adapter's own reader)
+    from umdbench.models.nnunet import load_checkpoint_safely
+
+    full = load_checkpoint_safely(fold_in / "checkpoint_final.pth")
     slim = {
         # as saved: keys that alias one tensor (dynamic_network_architectures' all_modules) keep
         # sharing its storage, so the file holds every weight once
