@@ -192,7 +192,9 @@ def test_manifest_round_trip_and_json_manifest(tmp_path):
     flat = _write_flat(tmp_path)
     entries, _ = read_manifest(flat / "cohort.csv")
     out = write_manifest(entries, tmp_path / "copy" / "manifest.csv")
-    again, _ = read_manifest(out)
+    again, _ = read_manifest(out)  # absolute paths outside copy/: parsed, refused when opened
+    with pytest.raises(ValueError, match="outside the dataset root"):
+        open_dataset(str(out), tmp_path / "cache")
     assert [(e.subject, e.image.resolve()) for e in again] == [
         (e.subject, e.image.resolve()) for e in entries
     ]
@@ -235,7 +237,7 @@ def test_duplicate_scan_is_an_error(tmp_path):
     path = tmp_path / "m.csv"
     row = "a,s1,CT,a.nii.gz,b.nii.gz,liver=1\n"
     path.write_text("subject,session,arm,image,labels,label_map\n" + row + row)
-    with pytest.raises(ValueError, match="a/CT"):
+    with pytest.raises(ValueError, match="rows 1 and 2 both give subject 'a' arm CT"):
         open_dataset(str(path), tmp_path / "cache")
 
 

@@ -109,10 +109,16 @@ def test_duplicate_names_are_an_error(vendor_package: Path) -> None:
     sys.modules["clash_mod"] = type(sys)("clash_mod")
     sys.modules["clash_mod"].Clash = clash  # type: ignore[attr-defined]
     try:
-        with pytest.raises(ValueError, match="comes from both"):
+        with pytest.raises(ValueError, match="comes from both") as info:
             ModelRegistry(extra_specs=["clash_mod:Clash"], use_entry_points=False)
     finally:
         del sys.modules["clash_mod"]
+    message = str(info.value)
+    builtin = ModelRegistry(use_entry_points=False).get("unet-ct")
+    assert "\n" not in message
+    assert f"built-in ({builtin.__module__}.{builtin.__qualname__})" in message
+    assert f"--umd-model clash_mod:Clash ({clash.__module__}.{clash.__qualname__})" in message
+    assert message.endswith("rename one of them: give the class another `name`")
 
 
 @pytest.mark.parametrize("name", ["Bad Name", "foo-CT-bar", "x-PET_MRI", ""])

@@ -51,13 +51,18 @@ _BUILTINS: dict[str, type[SegmentationModel]] = {}
 
 
 def register_model(cls: type[SegmentationModel]) -> type[SegmentationModel]:
-    """Class decorator for built-in adapters; a second model of the same name is an error."""
+    """Class decorator for built-in adapters; a second model of the same name is an error
+    (the same class of a module imported again, as pytester's module snapshots do, is not)."""
     _check_model_class(cls, origin=f"{cls.__module__}.{cls.__qualname__}")
     existing = _BUILTINS.get(cls.name)
-    if existing is not None and existing is not cls:
+    if existing is not None and _where(existing) != _where(cls):
         raise ValueError(f"model name {cls.name!r} is registered twice: {existing} and {cls}")
     _BUILTINS[cls.name] = cls
     return cls
+
+
+def _where(cls: type) -> tuple[str, str]:
+    return (cls.__module__, cls.__qualname__)
 
 
 def import_model_class(spec: str) -> type[SegmentationModel]:
@@ -94,6 +99,10 @@ def _check_model_class(cls: object, origin: str) -> None:
         raise TypeError(f"{origin} must list the canonical organs it segments in `organs`")
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class ModelRegistry:
     """All models known to one run: built-ins, entry points, then ``--umd-model`` classes."""
 
@@ -113,10 +122,14 @@ class ModelRegistry:
             self._add(import_model_class(spec), f"--umd-model {spec}")
 
     def _add(self, cls: type[SegmentationModel], origin: str) -> None:
-        if cls.name in self._models and self._models[cls.name] is not cls:
+        """Add ``cls``; a second class of one name is an error naming both (the registry must
+        be unambiguous before any selection, so --umd-skip-models cannot resolve it)."""
+        existing = self._models.get(cls.name)
+        if existing is not None and existing is not cls:
             raise ValueError(
-                f"model name {cls.name!r} comes from both {self._origins[cls.name]} and {origin};"
-                " rename one of them"
+                f"model name {cls.name!r} comes from both {self._origins[cls.name]}"
+                f" ({_qualified(existing)}) and {origin} ({_qualified(cls)}); rename one of"
+                " them: give the class another `name`"
             )
         self._models[cls.name] = cls
         self._origins[cls.name] = origin

@@ -42,9 +42,11 @@ __all__ = [
 ]
 
 
-def open_dataset(spec: str, cache_dir: Path) -> Cohort:
+def open_dataset(spec: str, cache_dir: Path, allow_outside_root: bool = False) -> Cohort:
     """The cohort ``spec`` names (see the module docstring); derived files go to
-    ``cache_dir``."""
+    ``cache_dir``. An image or label file that resolves (symlinks followed) outside the dataset
+    root is a ValueError unless ``allow_outside_root`` (``--umd-allow-outside-root``); the
+    built-in ``samples``/``semireal`` are not confined (see :mod:`umdbench.data.confine`)."""
     cache_dir = Path(cache_dir)
     if spec == "samples":
         from umdbench.data.samples import samples_cohort
@@ -56,11 +58,11 @@ def open_dataset(spec: str, cache_dir: Path) -> Cohort:
         return semireal_cohort(cache_dir)
     importer, sep, rest = spec.partition(":")
     if sep and importer in IMPORTERS:
-        return import_dataset(_existing(Path(rest).expanduser(), spec), cache_dir, importer)
-    path = _existing(Path(spec).expanduser(), spec)
-    if path.is_file():
-        return import_dataset(path, cache_dir, "manifest")
-    return import_dataset(path, cache_dir)
+        root = _existing(Path(rest).expanduser(), spec)
+    else:
+        root = _existing(Path(spec).expanduser(), spec)
+        importer = "manifest" if root.is_file() else ""
+    return import_dataset(root, cache_dir, importer or None, allow_outside_root=allow_outside_root)
 
 
 def _existing(path: Path, spec: str) -> Path:

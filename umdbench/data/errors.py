@@ -17,6 +17,7 @@ __all__ = ["PROBLEM_CODES", "DatasetUnavailable", "Problem", "ScanError"]
 PROBLEM_CODES: dict[str, str] = {
     "missing_file": "the image or label file does not exist",
     "unreadable": "the file cannot be decoded (truncated or corrupt gzip, not NIfTI)",
+    "too_large": "the header declares a volume over the memory budget (UMD_MAX_VOLUME_BYTES)",
     "not_3d": "the file holds a 4D (or 2D) array; one 3D volume per file is needed",
     "non_finite": "the image holds NaN or infinite voxels",
     "non_integer_labels": "the label file holds values that are not whole numbers",

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from umdbench.volume import BUDGET_ENV, VolumeHeaderError, check_declared_size
 
 __all__ = [
     "VolumeReadError",
@@ -34,30 +37,59 @@ class VolumeReadError(ValueError):
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``path`` into (array, affine); scaling (slope/intercept) is applied."""
+    """Decode ``path`` into (array, affine); scaling (slope/intercept) is applied. The header
+    is checked first (:func:`umdbench.volume.check_declared_size`), so a lying header is a
+    one-line error naming its shape, not gigabytes allocated."""
     if not path.is_file():
         raise VolumeReadError("missing_file", path, "file not found (check the manifest path)")
-    try:
-        image = nib.load(str(path))
-        array = np.asanyarray(image.dataobj)  # type: ignore[attr-defined]
-        affine = np.asarray(image.affine, dtype=np.float64)  # type: ignore[attr-defined]
-    except Exception as error:  # nibabel raises many types (EOFError, zlib.error, ...)
-        raise VolumeReadError(
-            "unreadable",
-            path,
-            f"cannot decode ({type(error).__name__}: {error}); is the file complete"
-            " (a truncated download or copy) and NIfTI?",
-        ) from error
+    image = _checked_header(path)
+    array, affine = _decode(image, path)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise VolumeReadError(
-            "not_3d", path, f"must hold one 3D volume, got shape {array.shape} (split channels"
-            " or time points into one file each)"
+            "not_3d", path, f"must hold one 3D volume, got shape {tuple(image.shape)} (split"
+            " channels or time points into one file each)"
         )
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeReadError("unreadable", path, f"has an invalid affine {affine.tolist()}")
     return np.asarray(array), affine
+
+
+def _checked_header(path: Path) -> Any:
+    """The image with its header read and checked, its voxels not yet decoded."""
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises many types (EOFError, zlib.error, ...)
+        raise _unreadable(path, error, "") from error
+    try:
+        check_declared_size(image, path)
+    except VolumeHeaderError as error:
+        raise VolumeReadError(error.code, path, error.detail) from error
+    return image
+
+
+def _decode(image: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    shape = f" shape {tuple(image.shape)} {image.get_data_dtype()}"
+    try:
+        return np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
+    except MemoryError as error:
+        raise VolumeReadError("too_large", path, (
+            f"not enough memory to decode{shape}; free memory, or lower {BUDGET_ENV} so such"
+            " files are refused before decoding"
+        )) from error  # fmt: skip
+    except Exception as error:  # nibabel raises many types (EOFError, zlib.error, ...)
+        raise _unreadable(path, error, shape) from error
+
+
+def _unreadable(path: Path, error: Exception, shape: str) -> VolumeReadError:
+    reason = " ".join(str(error).split())  # nibabel's messages span lines; ours is one
+    return VolumeReadError(
+        "unreadable",
+        path,
+        f"cannot decode{shape} ({type(error).__name__}: {reason}); is the file complete"
+        " (a truncated download or copy) and NIfTI?",
+    )
 
 
 def grid_offset_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape: tuple[int, ...]) -> float:

@@ -14,20 +14,24 @@
 - ``manifest``: a folder holding ``manifest.csv``/``manifest.json`` (a flat folder with a CSV).
 
 Every importer also reads an optional ``umd_organs.json`` at the dataset root (organ ->
-dataset names) to override the synonyms.
+dataset names) to override the synonyms, and refuses an image or label file that resolves
+(symlinks followed) outside the dataset root unless called with ``allow_outside_root=True``
+(:mod:`umdbench.data.confine`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from umdbench.cohort import Cohort
+from umdbench.data.confine import check_entries_inside, check_inside
 from umdbench.data.geometry import read_nifti, save_nifti_atomic
 from umdbench.data.manifest import (
     LabelMap,
@@ -53,7 +57,16 @@ __all__ = [
     "import_umd",
 ]
 
-Importer = Callable[[Path, Path], Cohort]
+
+class Importer(Protocol):
+    """``(root, cache_dir, allow_outside_root=False) -> Cohort``; derived files go to
+    ``cache_dir/derived``."""
+
+    def __call__(
+        self, root: Path, cache_dir: Path, *, allow_outside_root: bool = False
+    ) -> Cohort: ...
+
+
 _MR_NAMES = {"mr", "mri", "t1", "t1w", "t2", "t2w", "flair", "dixon", "adc", "dwi", "water"}
 MANIFEST_NAMES = ("manifest.csv", "manifest.json", "umd_manifest.csv", "umd_manifest.json")
 
@@ -72,9 +85,29 @@ def _overrides(root: Path) -> dict[str, list[str]]:
     return dict(_read_json(path, "organ overrides")) if path.is_file() else {}
 
 
-def _cohort(root: Path, importer: str, entries: list[ManifestEntry], **extra: Any) -> Cohort:
+def _cohort(
+    root: Path,
+    importer: str,
+    entries: list[ManifestEntry],
+    confine: Sequence[Path] | None,
+    **extra: Any,
+) -> Cohort:
+    """The cohort of an importer's entries, each checked to lie under ``confine`` (None: not
+    checked) and told where it came from, for messages."""
+    entries = [_with_origin(e, f"{root} ({importer}) scan {e.subject}/{e.arm}") for e in entries]
+    if confine is not None:
+        check_entries_inside(entries, confine)
     provenance = {"source": str(root), "importer": importer, **extra}
     return cohort_from_entries(root.name, entries, root, provenance, overrides=_overrides(root))
+
+
+def _with_origin(entry: ManifestEntry, origin: str) -> ManifestEntry:
+    return entry if entry.origin else dataclasses.replace(entry, origin=origin)
+
+
+def _roots(root: Path, cache_dir: Path, allow_outside_root: bool) -> tuple[Path, ...] | None:
+    """Where an importer's files may lie: the dataset root and the cache's derived files."""
+    return None if allow_outside_root else (root, Path(cache_dir) / "derived")
 
 
 def arm_of_channel(name: str, channel_names: Sequence[str]) -> str:
@@ -94,7 +127,7 @@ def arm_of_channel(name: str, channel_names: Sequence[str]) -> str:
     )
 
 
-def import_nnunet(root: Path, cache_dir: Path) -> Cohort:
+def import_nnunet(root: Path, cache_dir: Path, *, allow_outside_root: bool = False) -> Cohort:
     """nnU-Net v2 raw dataset folder -> cohort (one subject per case)."""
     meta = _read_json(root / "dataset.json", "nnU-Net dataset.json")
     for key in ("channel_names", "labels"):
@@ -120,14 +153,17 @@ def import_nnunet(root: Path, cache_dir: Path) -> Cohort:
         for case in cases
         for arm, index in arms.items()
     ]
-    return _cohort(root, "nnunet", entries, ignored_channels=[channels[i] for i in ignored])
+    return _cohort(
+        root, "nnunet", entries, _roots(root, cache_dir, allow_outside_root),
+        ignored_channels=[channels[i] for i in ignored],
+    )  # fmt: skip
 
 
 def _session(arm: str) -> str:
     return "petmri" if arm in ("MRI", "PET_MRI") else "petct"
 
 
-def import_msd(root: Path, cache_dir: Path) -> Cohort:
+def import_msd(root: Path, cache_dir: Path, *, allow_outside_root: bool = False) -> Cohort:
     """Medical Segmentation Decathlon task folder -> cohort (single-modality tasks)."""
     meta = _read_json(root / "dataset.json", "Decathlon dataset.json")
     modality = meta.get("modality", {})
@@ -142,31 +178,44 @@ def import_msd(root: Path, cache_dir: Path) -> Cohort:
     arm = arm_of_channel(name, [name])
     label_map = LabelMap(parse_label_names(meta["labels"], str(root / "dataset.json")), {})
     entries = []
-    for item in meta["training"]:
-        image, label = root / item["image"], root / item["label"]
+    for index, item in enumerate(meta["training"]):
+        where = f"{root / 'dataset.json'} training[{index}]"
+        image, label = _msd_pair(item, root, where)
         if image.name.startswith("._"):
             continue  # macOS resource forks shipped in some Decathlon tars
         case = image.name.removesuffix(".gz").removesuffix(".nii")
-        entries.append(ManifestEntry(case, _session(arm), arm, image, label, label_map))
-    return _cohort(root, "msd", entries)
+        entries.append(
+            ManifestEntry(case, _session(arm), arm, image, label, label_map, origin=where)
+        )
+    return _cohort(root, "msd", entries, _roots(root, cache_dir, allow_outside_root))
+
+
+def _msd_pair(item: Any, root: Path, where: str) -> tuple[Path, Path]:
+    paths = [item.get(k) if isinstance(item, dict) else None for k in ("image", "label")]
+    if not all(isinstance(p, str) for p in paths):
+        raise ValueError(f'{where} must be {{"image": path, "label": path}}, got {item!r}')
+    return root / item["image"], root / item["label"]
 
 
 def _canonical_mask_names() -> set[str]:
     return {name for names in SYNONYMS.values() for name in names}
 
 
-def import_totalseg(root: Path, cache_dir: Path) -> Cohort:
+def import_totalseg(root: Path, cache_dir: Path, *, allow_outside_root: bool = False) -> Cohort:
     """TotalSegmentator-style subject folders -> cohort; masks merged into one label file."""
     subjects = sorted(p for p in root.iterdir() if (p / "segmentations").is_dir())
     if not subjects:
         raise ValueError(f"no <subject>/segmentations/ in {root}: not a TotalSegmentator layout")
     overrides = _overrides(root)
     wanted = _canonical_mask_names() | {normalise_name(n) for v in overrides.values() for n in v}
-    entries = [_totalseg_entry(folder, cache_dir, wanted) for folder in subjects]
-    return _cohort(root, "totalseg", entries)
+    roots = _roots(root, cache_dir, allow_outside_root)
+    entries = [_totalseg_entry(folder, cache_dir, wanted, roots) for folder in subjects]
+    return _cohort(root, "totalseg", entries, roots)
 
 
-def _totalseg_entry(folder: Path, cache_dir: Path, wanted: set[str]) -> ManifestEntry:
+def _totalseg_entry(
+    folder: Path, cache_dir: Path, wanted: set[str], roots: Sequence[Path] | None
+) -> ManifestEntry:
     image, arm = folder / "ct.nii.gz", "CT"
     if not image.is_file() and (folder / "mri.nii.gz").is_file():
         image, arm = folder / "mri.nii.gz", "MRI"
@@ -174,6 +223,9 @@ def _totalseg_entry(folder: Path, cache_dir: Path, wanted: set[str]) -> Manifest
         p for p in (folder / "segmentations").glob("*.nii.gz")
         if normalise_name(p.name.removesuffix(".nii.gz")) in wanted
     )  # fmt: skip
+    if roots is not None:  # checked before the masks are read and merged
+        for mask in masks:
+            check_inside(mask, roots, f"{folder.parent} (totalseg) scan {folder.name}", "mask")
     names = {i: p.name.removesuffix(".nii.gz") for i, p in enumerate(masks, start=1)}
     label_map = LabelMap(names, {})
     try:
@@ -218,7 +270,13 @@ def _organ_label_file(root: Path, importer: str, hint: str) -> LabelMap:
     )
 
 
-def import_autopet(root: Path, cache_dir: Path, ct_file: str = "CTres.nii.gz") -> Cohort:
+def import_autopet(
+    root: Path,
+    cache_dir: Path,
+    ct_file: str = "CTres.nii.gz",
+    *,
+    allow_outside_root: bool = False,
+) -> Cohort:
     """autoPET-style ``<patient>/<study>/`` folders -> CT and PET_CT arms."""
     label_map = _organ_label_file(
         root, "autopet", "autoPET's own SEG.nii.gz holds lesions, not organs; an organ audit"
@@ -239,7 +297,7 @@ def import_autopet(root: Path, cache_dir: Path, ct_file: str = "CTres.nii.gz") -
         entries.append(ManifestEntry(subject, study.name, "CT", study / ct_file, seg, label_map,
                                      labels_grid_may_differ=ct_file != "CTres.nii.gz"))
         entries.append(ManifestEntry(subject, study.name, "PET_CT", pet, seg, label_map))
-    return _cohort(root, "autopet", entries)
+    return _cohort(root, "autopet", entries, _roots(root, cache_dir, allow_outside_root))
 
 
 #: UMD convention: <subject>/<session>/<file> with these sessions and files.
@@ -250,7 +308,7 @@ UMD_SESSIONS: dict[str, dict[str, str]] = {
 UMD_ANATOMICAL = {"petct": "CT", "petmri": "MRI"}
 
 
-def import_umd(root: Path, cache_dir: Path) -> Cohort:
+def import_umd(root: Path, cache_dir: Path, *, allow_outside_root: bool = False) -> Cohort:
     """The UMD convention (docs/datasets.md): per session, labels on the anatomical image's
     grid; the PET of that session uses them, resampled to its coarser grid."""
     label_map = _organ_label_file(root, "umd", "the UMD convention keeps the organ map there.")
@@ -267,13 +325,16 @@ def import_umd(root: Path, cache_dir: Path) -> Cohort:
                                              label_map, labels_grid_may_differ=may_differ))
     if not entries:
         raise ValueError(f"no <subject>/petct or <subject>/petmri folders under {root}")
-    return _cohort(root, "umd", entries)
+    return _cohort(root, "umd", entries, _roots(root, cache_dir, allow_outside_root))
 
 
-def import_manifest(root: Path, cache_dir: Path) -> Cohort:
-    """A manifest file, or a folder holding one (``manifest.csv``/``.json``, or one ``*.csv``)."""
+def import_manifest(root: Path, cache_dir: Path, *, allow_outside_root: bool = False) -> Cohort:
+    """A manifest file, or a folder holding one (``manifest.csv``/``.json``, or one ``*.csv``);
+    its rows' files must lie under the manifest's folder unless ``allow_outside_root``."""
     path = root if root.is_file() else _find_manifest(root)
     entries, extra = read_manifest(path)
+    if not allow_outside_root:
+        check_entries_inside(entries, (path.parent,))
     provenance = {"source": str(path), "importer": "manifest"}
     name = str(extra.get("name") or path.parent.name)
     return cohort_from_entries(
@@ -325,11 +386,14 @@ def detect_importer(root: Path) -> str:
     )
 
 
-def import_dataset(root: Path, cache_dir: Path, importer: str | None = None) -> Cohort:
-    """Open ``root`` with ``importer`` (detected when None)."""
+def import_dataset(
+    root: Path, cache_dir: Path, importer: str | None = None, *, allow_outside_root: bool = False
+) -> Cohort:
+    """Open ``root`` with ``importer`` (detected when None); files outside the root are refused
+    unless ``allow_outside_root``."""
     name = importer or detect_importer(root)
     if name not in IMPORTERS:
         raise ValueError(f"importer must be one of {', '.join(IMPORTERS)}, got {name!r}")
-    return IMPORTERS[name](root, cache_dir)
+    return IMPORTERS[name](root, cache_dir, allow_outside_root=allow_outside_root)
 
 

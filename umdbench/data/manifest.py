@@ -12,17 +12,24 @@ PET_MRI), ``image``, ``labels`` (paths, relative to the manifest's folder or abs
 - in a JSON manifest, also a key of its ``label_maps`` object.
 
 Names go to canonical organs through :mod:`umdbench.data.organ_maps`. See docs/datasets.md.
+
+A malformed manifest is a one-line ValueError naming the file, the row and the fix (see
+:func:`read_manifest`); opened as a dataset, its files must also resolve under its folder
+(:mod:`umdbench.data.confine`).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from umdbench.cohort import Cohort
 from umdbench.data.organ_maps import BUILTIN_LABEL_MAPS, canonical_label_map, parse_label_names
@@ -43,8 +50,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "subject", "session", "arm", "image", "labels", "label_map", "labels_grid_may_differ",
 )  # fmt: skip
 _REQUIRED = MANIFEST_COLUMNS[:6]
+_TOP_KEYS = ("name", "label_maps", "organs", "scans")
 _RANGE = r"\s*\d+(\s*-\s*\d+)?\s*"
 _IDS = re.compile(rf"{_RANGE}(,{_RANGE})*")
+_MAX_RANGE = 65535  # label ids of one inline range; more is a typo, and would take minutes
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class ManifestEntry:
     label_map: str | LabelMap
     labels_grid_may_differ: bool = False
     import_error: str | None = None
+    #: Where the entry was stated (``manifest.csv row 3 (line 4)``), for messages.
+    origin: str = ""
 
 
 def resolve_label_map(
@@ -100,7 +111,7 @@ def _label_map_from_json(raw: Any, where: str) -> LabelMap:
         raise ValueError(f"{where} must be a JSON object, got {type(raw).__name__}")
     if "labels" in raw and isinstance(raw["labels"], dict):
         overrides = raw.get("organs", {})
-        if not isinstance(overrides, dict):
+        if not isinstance(overrides, dict) or not all(_names(v) for v in overrides.values()):
             raise ValueError(f"{where}: organs must map organ -> list of names, got {overrides!r}")
         return LabelMap(parse_label_names(raw["labels"], where), overrides)
     return LabelMap(parse_label_names(raw, where), {})
@@ -115,60 +126,209 @@ def _parse_inline(spec: str) -> dict[int, str]:
                 f"label_map inline pairs must look like liver=1;lung=10-14, got {part!r}"
             )
         for chunk in ids.split(","):
-            low, _, high = chunk.partition("-")
-            for label_id in range(int(low), int(high or low) + 1):
+            for label_id in _id_range(chunk, part):
                 names[label_id] = name.strip()
     return names
 
 
+def _id_range(chunk: str, part: str) -> range:
+    low_text, _, high_text = chunk.partition("-")
+    low, high = int(low_text), int(high_text or low_text)
+    if not low <= high <= low + _MAX_RANGE:
+        raise ValueError(
+            f"label_map inline range {chunk.strip()!r} in {part!r} must go up, by at most"
+            f" {_MAX_RANGE} ids (e.g. lung=10-14)"
+        )
+    return range(low, high + 1)
+
+
 def read_manifest(path: Path) -> tuple[list[ManifestEntry], dict[str, Any]]:
     """Rows of a CSV or JSON manifest, paths made absolute, plus the JSON's top-level
-    ``name``/``label_maps``/``organs`` (empty for CSV)."""
+    ``name``/``label_maps``/``organs`` (empty for CSV).
+
+    Anything malformed (an unknown or missing column, a row with the wrong number of fields,
+    an unknown arm, two rows for one subject and arm, text that is not CSV, JSON or UTF-8) is a
+    one-line ValueError naming the file, the row (the n-th scan, from 1; for CSV also its line)
+    and the fix. Whether the files exist, and stay under the root, is checked later."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path} (give a .csv or .json manifest)")
-    if path.suffix.lower() == ".json":
-        try:
-            document = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"manifest {path} is not valid JSON: {error}") from error
-        if not isinstance(document, dict) or not isinstance(document.get("scans"), list):
-            raise ValueError(f"manifest {path} must be a JSON object with a list `scans`")
-        rows, extra = document["scans"], {k: v for k, v in document.items() if k != "scans"}
-    elif path.suffix.lower() == ".csv":
-        with open(path, newline="") as handle:
-            rows, extra = list(csv.DictReader(handle)), {}
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv"):
         raise ValueError(f"manifest must be a .csv or .json file, got {path}")
-    entries = [_entry(row, i, path) for i, row in enumerate(rows, start=1)]
+    text = _read_text(path)
+    rows, extra = _json_rows(text, path) if suffix == ".json" else (_csv_rows(text, path), {})
+    if not rows:
+        raise ValueError(
+            f"manifest {path} has no scan rows; give one row per scan with {', '.join(_REQUIRED)}"
+        )
+    entries = [_entry(row, where, path) for where, row in rows]
+    _check_duplicates(entries, path)
     return entries, extra
 
 
-def _entry(row: Any, number: int, manifest: Path) -> ManifestEntry:
-    where = f"{manifest} row {number}"
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"manifest {path} is not UTF-8 text ({error}); save it as UTF-8 CSV or JSON"
+        ) from error
+
+
+def _json_rows(text: str, path: Path) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"manifest {path} is not valid JSON: {error}") from error
+    if not isinstance(document, dict) or not isinstance(document.get("scans"), list):
+        raise ValueError(f"manifest {path} must be a JSON object with a list `scans`")
+    _check_keys(document, _TOP_KEYS, f"manifest {path}", "top-level key")
+    extra = {k: v for k, v in document.items() if k != "scans"}
+    _check_extra(extra, path)
+    return [(f"{path} row {n}", row) for n, row in enumerate(document["scans"], 1)], extra
+
+
+def _check_extra(extra: Mapping[str, Any], path: Path) -> None:
+    if not isinstance(extra.get("name", ""), str):
+        raise ValueError(f"manifest {path}: `name` must be a string, got {extra['name']!r}")
+    maps = extra.get("label_maps", {})
+    if not isinstance(maps, dict):
+        raise ValueError(
+            f"manifest {path}: `label_maps` must map a name to a label map object, got {maps!r}"
+        )
+    organs = extra.get("organs", {})
+    if not isinstance(organs, dict) or not all(_names(v) for v in organs.values()):
+        raise ValueError(
+            f"manifest {path}: `organs` must map an organ to a list of label names, e.g."
+            f' {{"liver": ["liver", "liver_tumour"]}}, got {organs!r}'
+        )
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[str, dict[str, Any]]] = []
+    try:
+        for record in reader:
+            if not any(field.strip() for field in record):
+                continue  # blank line
+            if header is None:
+                header = _csv_header(record, path)
+                continue
+            where = f"{path} row {len(rows) + 1} (line {reader.line_num})"
+            if len(record) != len(header):
+                raise ValueError(
+                    f"{where} has {len(record)} fields, the header has {len(header)}; give"
+                    " every row one field per column (quote a field that holds a comma)"
+                )
+            rows.append((where, dict(zip(header, record, strict=True))))
+    except csv.Error as error:
+        raise ValueError(
+            f"manifest {path} line {reader.line_num} is not valid CSV ({error}); fix that line"
+        ) from error
+    return rows
+
+
+def _csv_header(record: list[str], path: Path) -> list[str]:
+    header = [name.strip() for name in record]
+    where = f"manifest {path} header (line 1)"
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{where} names column(s) {', '.join(repeated)} twice; keep one of each")
+    _check_keys(dict.fromkeys(header), MANIFEST_COLUMNS, where, "column")
+    missing = [c for c in _REQUIRED if c not in header]
+    if missing:
+        raise ValueError(
+            f"{where} lacks column(s) {', '.join(missing)}; the header must name"
+            f" {', '.join(_REQUIRED)} (and optionally labels_grid_may_differ)"
+        )
+    return header
+
+
+def _check_keys(table: Mapping[Any, Any], allowed: Sequence[str], where: str, kind: str) -> None:
+    """An unknown key or column is a typo until shown otherwise: say which, and the closest."""
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"{where}: unknown {kind} {str(key)!r}{hint}; allowed: {', '.join(allowed)}"
+            )
+
+
+def _entry(row: Any, where: str, manifest: Path) -> ManifestEntry:
     if not isinstance(row, dict):
         raise ValueError(f"{where} must be an object with {', '.join(_REQUIRED)}")
-    missing = [c for c in _REQUIRED if not str(row.get(c) or "").strip()]
+    _check_keys(row, MANIFEST_COLUMNS, where, "key")
+    cells = {column: _cell(row.get(column), column, where) for column in _REQUIRED}
+    missing = [c for c in _REQUIRED if not cells[c]]
     if missing:
-        raise ValueError(f"{where} (subject {row.get('subject')!r}) lacks {', '.join(missing)}")
-    arm = str(row["arm"]).strip()
-    if arm not in MODALITIES:
-        raise ValueError(f"{where}: arm must be one of {', '.join(MODALITIES)}, got {arm!r}")
+        raise ValueError(
+            f"{where} (subject {cells['subject']!r}) lacks {', '.join(missing)}; fill it in"
+            " or remove the row"
+        )
     base = manifest.parent
     return ManifestEntry(
-        subject=str(row["subject"]).strip(),
-        session=str(row["session"]).strip(),
-        arm=arm,
-        image=_absolute(row["image"], base),
-        labels=_absolute(row["labels"], base),
-        label_map=str(row["label_map"]),
+        subject=cells["subject"],
+        session=cells["session"],
+        arm=_arm(cells["arm"], where),
+        image=_absolute(cells["image"], base, "image", where),
+        labels=_absolute(cells["labels"], base, "labels", where),
+        label_map=cells["label_map"],
         labels_grid_may_differ=_boolean(row.get("labels_grid_may_differ"), where),
+        origin=where,
     )
 
 
-def _absolute(value: Any, base: Path) -> Path:
-    path = Path(str(value).strip()).expanduser()
+def _cell(value: Any, column: str, where: str) -> str:
+    """A cell as stripped text; JSON numbers are allowed (subject 7), objects and lists not."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: {column} must be text, got {value!r}")
+    return str(value).strip()
+
+
+def _arm(arm: str, where: str) -> str:
+    if arm in MODALITIES:
+        return arm
+    close = [m for m in MODALITIES if m.lower() == arm.lower().replace("-", "_")]
+    close = close or difflib.get_close_matches(arm.upper(), MODALITIES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"{where}: arm must be one of {', '.join(MODALITIES)}, got {arm!r}{hint}")
+
+
+def _absolute(value: str, base: Path, column: str, where: str) -> Path:
+    if "\x00" in value:
+        raise ValueError(f"{where}: {column} path holds a NUL character: {value!r}")
+    path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _check_duplicates(entries: Sequence[ManifestEntry], manifest: Path) -> None:
+    """One scan per subject and arm (the cohort's key), said with both row numbers."""
+    first: dict[tuple[str, str], int] = {}
+    for number, entry in enumerate(entries, start=1):
+        key = (entry.subject, entry.arm)
+        if key not in first:
+            first[key] = number
+            continue
+        other = entries[first[key] - 1]
+        sessions = (
+            f"session {entry.session!r}"
+            if other.session == entry.session
+            else f"sessions {other.session!r} and {entry.session!r}"
+        )
+        raise ValueError(
+            f"manifest {manifest}: rows {first[key]} and {number} both give subject"
+            f" {entry.subject!r} arm {entry.arm} ({sessions}); a subject has one scan per arm:"
+            " remove one row or give it another subject"
+        )
 
 
 def _boolean(value: Any, where: str) -> bool:
@@ -190,16 +350,22 @@ def cohort_from_entries(
     named_maps: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Sequence[str]] | None = None,
 ) -> Cohort:
-    """Build the cohort; a duplicate subject/arm or a bad label map is an error naming it."""
+    """Build the cohort; a duplicate subject/arm or a bad label map is an error naming it (and
+    the row that gave it, when the entry knows its ``origin``)."""
     resolved: dict[str, LabelMap] = {}
     scans = []
     for entry in entries:
         key = entry.label_map if isinstance(entry.label_map, str) else repr(entry.label_map)
         if key not in resolved:
-            resolved[key] = resolve_label_map(entry.label_map, base, named_maps)
+            resolved[key] = _located(
+                entry, partial(resolve_label_map, entry.label_map, base, named_maps)
+            )
         label_map = resolved[key]
         organ_overrides = {**(overrides or {}), **label_map.overrides}
         where = f"label map of {entry.subject}/{entry.arm}"
+        organs = _located(
+            entry, partial(canonical_label_map, label_map.names, organ_overrides, where=where)
+        )
         scans.append(
             DatasetScan(
                 subject=entry.subject,
@@ -207,13 +373,30 @@ def cohort_from_entries(
                 modality=entry.arm,
                 image=entry.image,
                 labels=entry.labels,
-                label_map=canonical_label_map(label_map.names, organ_overrides, where=where),
+                label_map=organs,
                 labels_grid_may_differ=entry.labels_grid_may_differ,
                 label_names=dict(label_map.names),
                 import_error=entry.import_error,
             )
         )
     return Cohort(name, tuple(scans), dict(provenance or {}))
+
+
+_T = TypeVar("_T")
+
+
+def _located(entry: ManifestEntry, make: Callable[[], _T]) -> _T:
+    """``make()``, its ValueError or FileNotFoundError prefixed with where the entry came from."""
+    try:
+        return make()
+    except FileNotFoundError as error:
+        if not entry.origin:
+            raise
+        raise FileNotFoundError(f"{entry.origin}: {error}") from error
+    except ValueError as error:
+        if not entry.origin:
+            raise
+        raise ValueError(f"{entry.origin}: {error}") from error
 
 
 def write_manifest(entries: Iterable[ManifestEntry], path: Path) -> Path:
