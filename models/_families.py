@@ -6,6 +6,8 @@ modality); this module does *how*, once:
 - :func:`weights_file` finds ``weights_root()/<model>/<file>`` or raises
   :class:`ModelUnavailable` naming the expected path and how to provide it;
 - :func:`load_state_dict` reads safetensors or ``torch.load(weights_only=True)`` only;
+  :func:`unsafe_checkpoint_message` is every adapter's wording for a checkpoint refused there
+  (never torch's advice to retry with ``weights_only=False``);
 - :func:`to_model_grid` reorients and resamples a scan with MONAI transforms
   (``Orientation``, ``Spacing``) and returns a :class:`ModelGrid` that maps prompts onto the model
   grid and predictions back onto the scan grid (MONAI ``SpatialResample``, nearest neighbour),
@@ -17,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import pickle
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +43,9 @@ __all__ = [
     "require_packages",
     "to_model_grid",
     "torch_device",
+    "unsafe_checkpoint_message",
     "weights_file",
+    "weights_only_refusal",
     "zscore_nonzero",
 ]
 
@@ -83,6 +89,55 @@ def forced_weights_only_load() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
+#: Sentences of torch's refusal that advise the user (retry with ``weights_only=False``, trust
+#: the source, file an issue, read the docs); the rest names what was refused.
+_TORCH_ADVICE = re.compile(
+    r"weights.only|if you trust|trusted source|file an issue|documentation of torch|PyTorch \d"
+    r"|can still be loaded|arbitrary code",
+    re.IGNORECASE,
+)
+_STATE_DICT = ("only the tensors: model.state_dict(), with torch.save or"
+               " safetensors.torch.save_file")
+
+
+def weights_only_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is ``torch.load(weights_only=True)`` refusing a pickled object."""
+    text = str(error)
+    return isinstance(error, pickle.UnpicklingError) or any(
+        mark in text for mark in ("Weights only load failed", "Unsupported global", "weights_only")
+    )
+
+
+def _refusal_detail(error: BaseException) -> str:
+    """torch's refusal without its advice: the sentence naming the unsupported global."""
+    text = re.sub(r"\x1b\[[0-9;]*m|\(\d\)", " ", str(error))
+    chunks = re.split(r"\n|WeightsUnpickler error:", text)
+    sentences = [s for c in chunks for s in re.split(r"(?<=[.!?])\s+", " ".join(c.split()))]
+    kept = [s for s in sentences if s and not _TORCH_ADVICE.search(s)]
+    return " ".join(kept).rstrip(".") or type(error).__name__
+
+
+def unsafe_checkpoint_message(
+    path: Path | str, error: BaseException, keep: str = _STATE_DICT
+) -> str:
+    """Why a checkpoint was refused and how to fix it, never by loading it unsafely.
+
+    ``keep`` says what the checkpoint should hold instead (an nnU-Net-family adapter names its
+    keys).
+    """
+    detail = _refusal_detail(error)
+    message = (
+        f"{path} holds objects other than tensors, so torch.load(weights_only=True) refused it"
+        f" and it is not loaded ({detail}). Fix: from your own training code, save {keep}"
+    )
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", detail)  # not a blocked module
+    if found is None:
+        return message
+    name = found.group(1)
+    return (f"{message}; or, if you trust {name}, allow it with"
+            f" torch.serialization.add_safe_globals([{name}]) in your own adapter")
+
+
 def weights_file(model: str, filename: str, how: str) -> Path:
     """``weights_root()/<model>/<filename>``, or a skip reason saying where to put which file."""
     root = weights_root()
@@ -111,10 +166,9 @@ def load_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tenso
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle raises many types for unsafe or broken files
-        raise ValueError(
-            f"cannot load {path} safely (weights_only=True): {error}. Re-save only the tensors,"
-            " e.g. torch.save(ckpt['model_state_dict'], path), or convert to .safetensors"
-        ) from error
+        if weights_only_refusal(error):
+            raise ValueError(unsafe_checkpoint_message(path, error)) from error
+        raise ValueError(f"cannot read {path} as a torch checkpoint: {error}") from error
     if isinstance(checkpoint, Mapping) and key is not None and key in checkpoint:
         checkpoint = checkpoint[key]
     if not isinstance(checkpoint, Mapping):

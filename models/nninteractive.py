@@ -62,7 +62,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from umdbench.models._families import combined_hash, forced_weights_only_load, torch_device
+from umdbench.models._families import (
+    combined_hash,
+    forced_weights_only_load,
+    torch_device,
+    unsafe_checkpoint_message,
+    weights_only_refusal,
+)
 from umdbench.models.base import (
     LiteratureClaim,
     ModelUnavailable,
@@ -215,11 +221,12 @@ class NnInteractive(SegmentationModel):
                 with forced_weights_only_load():
                     session.initialize_from_trained_model_folder(str(folder))
             except Exception as error:
-                if "weights_only" not in str(error) and "Unsupported global" not in str(error):
+                if not weights_only_refusal(error):
                     raise
+                checkpoints = sorted(folder.glob("fold_*/checkpoint_final.pth"))
+                keep = "only network_weights (the state_dict), trainer_name and init_args"
                 raise ValueError(
-                    f"cannot load {folder} safely (weights_only=True): {error}. Keep only"
-                    " network_weights, trainer_name and init_args in the checkpoint"
+                    unsafe_checkpoint_message(checkpoints[0] if checkpoints else folder, error, keep)
                 ) from error
         self._session, self._folder = session, folder
         self._image, self._buffer, self._active, self._given = None, None, None, []

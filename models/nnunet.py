@@ -45,6 +45,7 @@ from umdbench.models._families import (
     numpy_safe_globals,
     require_packages,
     torch_device,
+    unsafe_checkpoint_message,
 )
 from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel, Tier
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
@@ -101,12 +102,9 @@ def load_checkpoint_safely(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ModelUnavailable(
-            f"{path} holds objects other than tensors, numbers and numpy scalars, so it is not"
-            f" loaded (torch.load(weights_only=True) refused it: {str(error).splitlines()[0]});"
-            " re-save it as {'network_weights': ..., 'trainer_name': ..., 'init_args':"
-            " {'configuration': ...}, 'inference_allowed_mirroring_axes': ...}"
-        ) from error
+        keep = ("only {'network_weights': state_dict, 'trainer_name': ..., 'init_args':"
+                " {'configuration': ...}, 'inference_allowed_mirroring_axes': ...}")
+        raise ModelUnavailable(unsafe_checkpoint_message(path, error, keep)) from error
 
 
 _SCHEDULE = re.compile(

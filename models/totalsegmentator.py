@@ -96,7 +96,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from umdbench.models._families import combined_hash, torch_device
+from umdbench.models._families import (
+    combined_hash,
+    torch_device,
+    unsafe_checkpoint_message,
+    weights_only_refusal,
+)
 from umdbench.models.base import (
     LiteratureClaim,
     ModelUnavailable,
@@ -587,11 +592,11 @@ class TotalSegmentatorModel(SegmentationModel):
                     with torch.serialization.safe_globals(_safe_load_globals()):
                         torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
                 except Exception as error:
-                    raise ValueError(
-                        f"cannot load {path} safely (weights_only=True): {error}. Keep only"
-                        " network_weights, trainer_name, init_args and"
-                        " inference_allowed_mirroring_axes in the checkpoint"
-                    ) from error
+                    if not weights_only_refusal(error):
+                        raise ValueError(f"cannot read {path} as a checkpoint: {error}") from error
+                    keep = ("only network_weights (the state_dict), trainer_name, init_args and"
+                            " inference_allowed_mirroring_axes")
+                    raise ValueError(unsafe_checkpoint_message(path, error, keep)) from error
 
     def _check_trainer(self, home: Path) -> None:
         """Find the trainer class as the package's call will (nnU-Net's lookup), or a skip.

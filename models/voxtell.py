@@ -61,7 +61,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from umdbench.models._families import combined_hash, forced_weights_only_load, torch_device
+from umdbench.models._families import (
+    combined_hash,
+    forced_weights_only_load,
+    torch_device,
+    unsafe_checkpoint_message,
+    weights_only_refusal,
+)
 from umdbench.models.base import (
     LiteratureClaim,
     ModelUnavailable,
@@ -329,12 +335,11 @@ class VoxTell(SegmentationModel):
                     use_precomputed_embeddings=False,
                 )
         except Exception as error:
-            if "weights_only" not in str(error) and "Unsupported global" not in str(error):
+            if not weights_only_refusal(error):
                 raise
-            raise ValueError(
-                f"cannot load {folder / 'fold_0' / 'checkpoint_final.pth'} safely"
-                f" (weights_only=True): {error}. Keep only network_weights in the checkpoint"
-            ) from error
+            checkpoint = folder / "fold_0" / "checkpoint_final.pth"
+            keep = "only network_weights (the state_dict)"
+            raise ValueError(unsafe_checkpoint_message(checkpoint, error, keep)) from error
         self._predictor, self._folder, self._bank_path = predictor, folder, bank_path
         self._weights_id = combined_hash(
             [folder / "fold_0" / "checkpoint_final.pth", folder / "plans.json", bank_path]

@@ -322,8 +322,9 @@ def test_unsafe_checkpoint_is_refused(weights: Path) -> None:
     path = weights / "fold_0" / "checkpoint_final.pth"
     checkpoint = torch.load(path, weights_only=True)
     torch.save({**checkpoint, "args": Path("x")}, path)  # a pickled object
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="weights_only=True") as info:
         NnInteractive().load("cpu")
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
 
 
 def test_nothing_touches_the_hub(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:

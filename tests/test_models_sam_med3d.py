@@ -75,8 +75,9 @@ def test_unsafe_checkpoint_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     path.parent.mkdir()
     torch.save({"model_state_dict": {}, "args": Path("x")}, path)  # a pickled object
     monkeypatch.setenv("UMD_WEIGHTS", str(tmp_path))
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="weights_only=True") as info:
         TinySam().load("cpu")
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
 
 
 def _official_crop(image_path: Path, label_path: Path, label_id: int) -> tuple[Any, Any, Any]:

@@ -622,5 +622,6 @@ def test_unsafe_checkpoint_is_refused_at_load(
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     monkeypatch.setenv("UMD_WEIGHTS", str(tmp_path))
     monkeypatch.delenv("UMD_TOTALSEG_FAST", raising=False)
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="weights_only=True") as info:
         TotalSegmentatorCT().load("cpu")
+    assert "checkpoint_final.pth" in str(info.value) and "weights_only=False" not in str(info.value)

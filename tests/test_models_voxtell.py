@@ -426,8 +426,10 @@ def test_a_checkpoint_with_pickled_objects_is_refused(
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     write_bank(bank_path(tmp_path))
     monkeypatch.setenv("UMD_WEIGHTS", str(tmp_path))
-    with pytest.raises(ValueError, match=r"weights_only=True"):
+    with pytest.raises(ValueError, match=r"weights_only=True") as info:
         vt.VoxTell().load("cpu")
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
 
 
 def _tiny_text_encoder(folder: Path) -> Path:
