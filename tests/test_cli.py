@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -90,6 +91,69 @@ def test_baseline_commands(old: Path, tmp_path: Path) -> None:
     document = copy.deepcopy(synthetic_results(seed=0))
     next(c for c in document["cases"] if c["outcome"] == "passed")["outcome"] = "failed"
     assert main(["check-baseline", str(baseline), str(_write(document, tmp_path / "n.json"))]) == 1
+
+
+def test_compare_fails_on_missing_cases_unless_allowed(
+    old: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = copy.deepcopy(synthetic_results(seed=0))
+    gone = sorted(c["case_id"] for c in document["cases"])[:7]
+    document["cases"] = [c for c in document["cases"] if c["case_id"] not in gone]
+    new = _write(document, tmp_path / "new.json")
+    assert main(["compare", str(old), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert f"MISSING: 7 case(s) of {old} missing (absent or newly skipped) from {new}: {gone[0]}, " in out
+    assert f"{gone[4]} ... and 2 more (fails; --allow-missing to accept)" in out
+    assert gone[5] not in out.splitlines()[-1]
+    assert main(["compare", str(old), str(new), "--allow-missing"]) == 0
+    assert "missing: 7 case(s)" in capsys.readouterr().out
+    assert main(["compare", str(new), str(old)]) == 0  # added cases do not fail
+    ran = next(c for c in document["cases"] if c["outcome"] == "passed")
+    ran["outcome"], ran["value"] = "skipped", None  # weights gone on the nightly machine
+    skipped = _write(document, tmp_path / "skipped.json")
+    capsys.readouterr()
+    assert main(["compare", str(new), str(skipped)]) == 1
+    assert f"MISSING: 1 case(s) of {new} missing (absent or newly skipped) from {skipped}: {ran['case_id']}" in capsys.readouterr().out
+
+
+def test_check_baseline_fails_on_baseline_cases_not_run(
+    old: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = tmp_path / "base.json"
+    assert main(["baseline", str(old), "-o", str(baseline)]) == 0
+    document = copy.deepcopy(synthetic_results(seed=0))
+    absent = next(c for c in document["cases"] if c["outcome"] == "failed")
+    document["cases"].remove(absent)
+    skipped = next(c for c in document["cases"] if c["outcome"] == "failed")
+    skipped["outcome"] = "skipped"
+    results = _write(document, tmp_path / "r.json")
+    capsys.readouterr()
+    assert main(["check-baseline", str(baseline), str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING: 2 baseline case(s) not run (absent or skipped)" in out
+    assert absent["case_id"] in out and skipped["case_id"] in out
+    assert main(["check-baseline", str(baseline), str(results), "--allow-missing"]) == 0
+    assert "(allowed by --allow-missing)" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_fails_compare_and_check_baseline(
+    old: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = tmp_path / "base.json"
+    assert main(["baseline", str(old), "-o", str(baseline)]) == 0
+    content = json.loads(old.read_text())
+    not_run = [f"case-{i}" for i in range(8)]
+    content.update(complete=False, missing_cases=not_run)
+    interrupted = tmp_path / "interrupted.json"
+    interrupted.write_text(json.dumps(content))
+    capsys.readouterr()
+    for argv in (["compare", str(old)], ["check-baseline", str(baseline)]):
+        assert main([*argv, str(interrupted)]) == 1
+        out = capsys.readouterr().out
+        assert f"INCOMPLETE: {interrupted} is an interrupted run (complete: false), 8 case(s)" in out
+        assert "case-4 ... and 3 more" in out
+        assert main([*argv, str(interrupted), "--allow-missing"]) == 0
+        assert "incomplete: " in capsys.readouterr().out
 
 
 def test_bad_files_exit_two_with_the_name(tmp_path: Path,

@@ -5,6 +5,9 @@
 ``umdbench baseline RESULTS.json -o BASELINE.json`` and
 ``umdbench check-baseline BASELINE.json RESULTS.json`` (exit 1 on a new failure) and
 ``umdbench train-baseline ARM --out DIR`` (an nnU-Net v2 baseline, ``umdbench.baseline_training``).
+``compare`` and ``check-baseline`` also exit 1 when cases are missing (cases of OLD absent from
+NEW; baseline cases not run, absent or skipped) or when NEW / RESULTS is an interrupted run
+(``"complete": false``); ``--allow-missing`` lists them without failing.
 Bad input exits 2 with a message that names the file.
 """
 
@@ -12,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +32,31 @@ def _non_negative(text: str) -> float:
     return value
 
 
+#: Case ids shown in a "missing" line before "... and N more".
+_SHOWN_IDS = 5
+_ALLOW_MISSING_HELP = "list missing cases and an incomplete run without failing (default: exit 1)"
+
+
+def _case_ids(ids: Sequence[str]) -> str:
+    more = len(ids) - _SHOWN_IDS
+    return ", ".join(ids[:_SHOWN_IDS]) + (f" ... and {more} more" if more > 0 else "")
+
+
+def _missing_lines(missing: Sequence[str], what: str, document: Mapping[str, Any], path: Path,
+                   allow: bool) -> tuple[list[str], bool]:
+    """Lines on cases that did not run and on an interrupted run; True when they fail the run."""
+    found = [("missing", f"{len(missing)} {what}: {_case_ids(missing)}")] if missing else []
+    if document.get("complete") is False:  # absent from files older than the key: complete
+        not_run = [str(c) for c in document.get("missing_cases") or []]
+        listed = f": {_case_ids(not_run)}" if not_run else ""
+        found.append(("incomplete", f"{path} is an interrupted run (complete: false), "
+                                    f"{len(not_run)} case(s) not run{listed}"))
+    if allow:
+        return [f"{tag}: {line} (allowed by --allow-missing)" for tag, line in found], False
+    return [f"{tag.upper()}: {line} (fails; --allow-missing to accept)"
+            for tag, line in found], bool(found)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="umdbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="join shard results files into one")
     merge.add_argument("inputs", type=Path, nargs="+", metavar="RESULTS.json")
     merge.add_argument("-o", "--out", type=Path, required=True, metavar="OUT.json")
-    compare = sub.add_parser("compare", help="changes between two runs; exit 1 on a regression")
+    compare = sub.add_parser("compare", help="changes between two runs; exit 1 on a regression "
+                             "or a missing case")
     compare.add_argument("old", type=Path, metavar="OLD.json")
     compare.add_argument("new", type=Path, metavar="NEW.json")
     for name, default, what in (("dice-tol", 0.02, "absolute Dice change"),
@@ -49,15 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("time-floor", 0.5, "smallest time change in seconds")):
         compare.add_argument(f"--{name}", type=_non_negative, default=default, metavar="X",
                              help=f"{what} tolerated (default: {default})")
+    compare.add_argument("--allow-missing", action="store_true", help=_ALLOW_MISSING_HELP)
     base = sub.add_parser("baseline", help="write a known-failure baseline from a results file")
     base.add_argument("results", type=Path, metavar="RESULTS.json")
     base.add_argument("-o", "--out", type=Path, required=True, metavar="BASELINE.json")
     base.add_argument("--include-errors", action="store_true",
                       help="record errored cases too (default: only failed ones)")
     check = sub.add_parser("check-baseline", help="classify a run against a baseline; exit 1 on "
-                           "a new failure")
+                           "a new failure or a missing case")
     check.add_argument("baseline", type=Path, metavar="BASELINE.json")
     check.add_argument("results", type=Path, metavar="RESULTS.json")
+    check.add_argument("--allow-missing", action="store_true", help=_ALLOW_MISSING_HELP)
     from umdbench.baseline_training import add_arguments
 
     train = sub.add_parser("train-baseline", help="train an nnU-Net v2 baseline on one arm "
@@ -81,7 +113,8 @@ def _merge(args: argparse.Namespace) -> int:
 
     merged = merge_shards([read_results(p) for p in args.inputs], [str(p) for p in args.inputs])
     write_results(args.out, run=merged["run"], models=merged["models"], cases=merged["cases"],
-                  records=merged["records"])
+                  records=merged["records"], complete=merged["complete"],
+                  missing_cases=merged["missing_cases"])
     print(f"merged {len(args.inputs)} files: {len(merged['cases'])} cases, "
           f"{len(merged['records'])} records -> {args.out}")
     return 0
@@ -92,13 +125,28 @@ def _compare(args: argparse.Namespace) -> int:
     from umdbench.results import read_results
 
     tol = Tolerances(args.dice_tol, args.nsd_tol, args.time_tol, args.time_floor)
-    changes = compare_documents(read_results(args.old), read_results(args.new), tol)
+    old, new = read_results(args.old), read_results(args.new)
+    changes = compare_documents(old, new, tol)
     regressions = sum(c.kind == "regression" for c in changes)
     if changes:
         print(change_table(changes).to_text())
     print(f"{regressions} regression(s), {len(changes) - regressions} other change(s) "
           f"(dice-tol {tol.dice:g}, nsd-tol {tol.nsd:g}, time-tol {tol.time:g})")
-    return 1 if regressions else 0
+    removed = [c.case_id for c in changes if c.kind == "removed"] + _newly_skipped(old, new)
+    lines, failing = _missing_lines(removed, f"case(s) of {args.old} missing (absent or newly"
+                                    f" skipped) from {args.new}",
+                                    new, args.new, args.allow_missing)
+    if lines:
+        print("\n".join(lines))
+    return 1 if regressions or failing else 0
+
+
+def _newly_skipped(old: dict, new: dict) -> list[str]:
+    """Cases that ran in OLD and were skipped in NEW (weights gone, a package missing): they
+    were not run, whatever ``compare_documents`` makes of their absent figures."""
+    ran = {c["case_id"] for c in old["cases"] if c.get("outcome") not in ("skipped", None)}
+    return sorted(c["case_id"] for c in new["cases"]
+                  if c["case_id"] in ran and c.get("outcome") == "skipped")
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -114,9 +162,13 @@ def _check_baseline(args: argparse.Namespace) -> int:
     from umdbench.baseline import load_baseline
     from umdbench.results import read_results
 
-    review = load_baseline(args.baseline).review(read_results(args.results))
-    print("\n".join(review.summary_lines()))
-    return 0 if review.ok else 1
+    results = read_results(args.results)
+    review = load_baseline(args.baseline).review(results)
+    lines, failing = _missing_lines(review.not_run, f"baseline case(s) not run (absent or "
+                                    f"skipped) in {args.results}", results, args.results,
+                                    args.allow_missing)
+    print("\n".join([*review.summary_lines(), *lines]))
+    return 0 if review.ok and not failing else 1
 
 
 def _train_baseline(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ against ``dice_tol`` / ``nsd_tol``), the inference time (sum of ``inference_seco
 records whose prediction was not reused; relative change against ``time_tol``, ignored when the
 absolute change is under ``time_floor_s`` because sub-second timings are noise), and the outcome
 (passed -> failed or error is a regression). A drop, a slow-down or a lost pass is a regression;
-the opposite is an improvement. Cases in only one run are listed, not judged.
+the opposite is an improvement. Cases in only one run are listed as ``added`` / ``removed``,
+not judged here; ``umdbench compare`` fails on ``removed`` ones (cases of OLD missing from NEW)
+unless ``--allow-missing``. A case that ran in OLD and is skipped in NEW is no change at all.
 """
 
 from __future__ import annotations
