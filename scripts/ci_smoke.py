@@ -4,7 +4,7 @@
 
 Runs ``pytest benchmarks -n 4`` on a small matrix (3 subjects, a few organs) and checks: pytest
 ended normally (0 or 1, never an internal, usage or no-tests error); the results file holds
-every case exactly once; the verdicts the study predicts hold (the CT-only UNet passes CT and
+every case exactly once, says it is complete, has no erroring case, and its journal exists; the verdicts the study predicts hold (the CT-only UNet passes CT and
 fails PET; its CT~PET_CT gap fails); the report was written. Then, where ``../shared/samples``
 exists, the real samples cohort through the same suite: deepbet's and HD-BET's real weights on
 the SPM12 T1 and PET templates must give their Dice in the results.
@@ -79,6 +79,13 @@ def check(out: Path, status: int, output: str) -> list[str]:
     document = json.loads((out / "results.json").read_text())
     ids = Counter(case["case_id"] for case in document["cases"])
     problems += [f"case {c} appears {n} times" for c, n in ids.items() if n != 1]
+    if document.get("complete") is not True or document.get("missing_cases"):
+        problems.append(f"results say incomplete, missing {document.get('missing_cases')}")
+    errors = [c["case_id"] for c in document["cases"] if c["outcome"] == "error"]
+    problems += [f"case {c} is an error: {document_message(document, c)}" for c in errors]
+    journal = out / "results.journal"
+    if not any(journal.glob("records-*.jsonl")):
+        problems.append(f"no journal written under {journal}")
     for model in ("unet-ct", "unet-multimodal", "classical-otsu", "nnunet-ct",
                   "nnunet-pet_ct", "nnunet-mri", "nnunet-pet_mri"):
         if not any(case["model"] == model for case in document["cases"]):
@@ -95,6 +102,11 @@ def check(out: Path, status: int, output: str) -> list[str]:
     if "mean Dice per model and arm" not in output:
         problems.append("the terminal summary table is missing")
     return problems
+
+
+def document_message(document: dict, case_id: str) -> str:
+    case = next(c for c in document["cases"] if c["case_id"] == case_id)
+    return str(case.get("message", ""))[:300]
 
 
 def check_samples(out: Path, status: int) -> list[str]:

@@ -369,7 +369,7 @@ def test_bad_inputs_give_clear_errors() -> None:
         def predict(self, image: Volume, modality: str, prompt: Any) -> np.ndarray:
             return np.zeros((2, 2, 2))
 
-    with pytest.raises(ValueError, match="must return a mask on the scan grid"):
+    with pytest.raises(ValueError, match=r"predict must map its output back to the scan.s grid"):
         run_prompted(Wrong(), _volume(mask), "CT", mask, "liver", "box", 1)
 
 

@@ -86,7 +86,7 @@ BAR = Threshold("dice", 0.5, "test bar")
 def runner(
     cohort: Cohort, *classes: type[SegmentationModel], folder: Path | None = None
 ) -> CaseRunner:
-    return CaseRunner(cohort, FakeRegistry(*classes), "cpu", PredictionCache(folder))  # type: ignore[arg-type]
+    return CaseRunner(cohort, FakeRegistry(*classes), "cpu", PredictionCache(folder), isolation="none")  # type: ignore[arg-type]
 
 
 def test_organ_cases_of_one_scan_reuse_one_prediction(tiny_cohort: Cohort) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from umdbench.cases import parse_case_id
+from umdbench.journal import begin_journal
 from umdbench.results import environment_info, read_results, write_results
 from umdbench.session import UmdSession
 
@@ -44,6 +46,40 @@ class Controller:
         self.gaps: dict[str, dict[str, Any]] = {}
         self.results_path: Any = None
         self.notes: list[str] = []
+        #: Case ids collected for this run (None until collection ends, or when none are).
+        self.expected: set[str] | None = None
+        self.collect_only = False  # --collect-only: no journal, no results
+
+    # -- start: what will run, the journal, a results file that says "not finished" ------
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Without xdist the items are known here, before anything runs."""
+        self.collect_only = bool(session.config.option.collectonly)
+        self._expect(item.nodeid for item in session.items)
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """With xdist, the first worker's collection (workers collect alike; nothing runs
+        before every worker has collected)."""
+        if any(nodeid.endswith("[usage-error]") for nodeid in ids):
+            self.session.cases()  # raises the usage error the workers met, as one line
+        if self.expected is None:
+            self._expect(ids)
+
+    def _expect(self, nodeids: Iterable[str]) -> None:
+        expected = {case for case in map(_case_id_of, nodeids) if case is not None}
+        if not expected or self.collect_only:
+            return
+        self.expected = expected
+        options = self.session.options
+        try:
+            begin_journal(self.session.journal_folder(), self.session.fingerprint(), options.resume)
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from error
+        if options.results.exists() and not options.resume:
+            options.results.replace(options.results.with_suffix(".previous.json"))
+        write_results(
+            options.results, run={**self._run_info(), "state": "running"}, models={}, cases=[],
+            records=[], complete=False, missing_cases=expected,
+        )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and not report.failed:
@@ -92,17 +128,30 @@ class Controller:
             "duration_s": round(report.duration, 4),
         }
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Write the results, then what is derived from them (baseline, report)."""
-        if not self.cases:
+        if not self.cases and self.expected is None:
             return
         options = self.session.options
+        missing = sorted((self.expected or set()) - set(self.cases))
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop)
+        complete = not missing and not interrupted
+        run = self._run_info()
+        if not complete:
+            run["state"] = "interrupted" if interrupted else "incomplete"
+            self.notes.append(
+                f"umdbench: the run is incomplete, {len(missing)} case(s) have no result;"
+                f" every finished subject is in {self.session.journal_folder()}: rerun the same"
+                " command with --umd-resume to compute only what is missing"
+            )
         self.results_path = write_results(
             options.results,
-            run=self._run_info(),
+            run=run,
             models=self._models_info(),
             cases=list(self.cases.values()),
             records=self.records,
+            complete=complete,
+            missing_cases=missing,
         )
         document = read_results(self.results_path)
         if options.baseline is not None:
@@ -184,6 +233,19 @@ class Controller:
             terminalreporter.write_line(f"umdbench results: {self.results_path}")
         for note in self.notes:
             terminalreporter.write_line(note)
+
+
+def _case_id_of(nodeid: str) -> str | None:
+    """The case id of a ``test_segmentation[...]`` node id, None for any other test."""
+    name, sep, param = nodeid.partition("[")
+    if not sep or not name.endswith("test_segmentation"):
+        return None
+    case_id = param[:-1] if param.endswith("]") else param
+    try:
+        parse_case_id(case_id)
+    except ValueError:
+        return None  # a placeholder such as dataset-unavailable
+    return case_id
 
 
 def _long_text(report: pytest.TestReport) -> str:

@@ -10,11 +10,14 @@ is registered too: it gathers every report's records and writes the results at s
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from umdbench.isolation import DEFAULT_TIMEOUT_S, ISOLATION_MODES
 from umdbench.session import UmdOptions, UmdSession
 
 __all__ = ["session_of"]
@@ -35,6 +38,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"must be a number of seconds >= 0, got {value}")
     return number
 
 
@@ -183,6 +193,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="write the results JSON only, no report.",
     )
+    add(
+        "--umd-isolation",
+        choices=ISOLATION_MODES,
+        default="process",
+        help="process: models run in a child process per worker, so a crash or hang costs one"
+        " subject; none: in the worker (a crash ends the run). Default: process.",
+    )
+    add(
+        "--umd-timeout",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=DEFAULT_TIMEOUT_S,
+        help="longest one subject's inference (or a model's load) may take before its process"
+        f" is killed and the subject is an error; 0: no limit. Default: {DEFAULT_TIMEOUT_S:g}.",
+    )
+    add(
+        "--umd-resume",
+        action="store_true",
+        default=False,
+        help="continue an interrupted run from its journal (<results>.journal/), computing only"
+        " what is missing; refused when options, cohort, policy or model code differ.",
+    )
+    add(
+        "--umd-allow-outside-root",
+        action="store_true",
+        default=False,
+        help="let a manifest name files outside its dataset folder (refused by default).",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -196,10 +234,30 @@ def pytest_configure(config: pytest.Config) -> None:
     session = UmdSession(options, is_controller=workerinput is None)
     config.stash[SESSION_KEY] = session
     _limit_threads(options.threads, workerinput)
+    _interrupt_on_sigterm(config)
     if session.is_controller:
         from umdbench.controller import Controller
 
         config.pluginmanager.register(Controller(session), "umdbench-controller")
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a CI runner cancelling, ``kill``) ends the run as Ctrl-C does, so the results
+    are written, marked incomplete, instead of the process vanishing. Left alone when someone
+    else already handles SIGTERM, and restored at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(restore)
 
 
 def _limit_threads(threads: int | None, workerinput: dict[str, Any] | None) -> None:
@@ -215,8 +273,10 @@ def _limit_threads(threads: int | None, workerinput: dict[str, Any] | None) -> N
 
 
 def pytest_configure_node(node: Any) -> None:
-    """xdist controller: hand each worker the shared prediction folder."""
-    node.workerinput["umd_prediction_dir"] = str(session_of(node.config).prediction_dir())
+    """xdist controller: hand each worker the shared prediction folder and the run's id."""
+    session = session_of(node.config)
+    node.workerinput["umd_prediction_dir"] = str(session.prediction_dir())
+    node.workerinput["umd_run_id"] = session.options.run_id
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
@@ -237,17 +297,28 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "umd_case" in metafunc.fixturenames:
-        cases = session_of(metafunc.config).cases()
-        metafunc.parametrize("umd_case", cases, ids=[case.id for case in cases])
-    if "umd_gap" in metafunc.fixturenames:
-        gaps = session_of(metafunc.config).gap_cases()
-        metafunc.parametrize("umd_gap", gaps, ids=[gap.id for gap in gaps])
+    """Parametrize the audit. A usage error found here (a manifest, a policy, a model name) is
+    kept and raised after collection, where pytest prints it as one ``ERROR:`` line; raised
+    here it would be a collection error with a 40-line traceback."""
+    session = session_of(metafunc.config)
+    for fixture, make in (("umd_case", session.cases), ("umd_gap", session.gap_cases)):
+        if fixture not in metafunc.fixturenames:
+            continue
+        try:
+            params = make()
+        except pytest.UsageError as error:
+            session.usage_error = session.usage_error or error
+            params = [pytest.param(None, marks=pytest.mark.skip(reason=str(error)), id="usage-error")]
+        metafunc.parametrize(fixture, params, ids=[param.id for param in params])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the baseline's known failures xfail (not strict: a newly passing case is reported)."""
-    baseline = session_of(config).baseline()
+    """Raise a usage error found while parametrizing; then mark the baseline's known failures
+    xfail (not strict: a newly passing case is reported)."""
+    session = session_of(config)
+    if session.usage_error is not None:
+        raise session.usage_error
+    baseline = session.baseline()
     if baseline is None:
         return
     for item in items:
@@ -266,5 +337,5 @@ def umd_session(request: pytest.FixtureRequest) -> UmdSession:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None and session.is_controller:
+    if session is not None:
         session.cleanup()

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from umdbench.metrics import dice
+from umdbench.outputs import check_label_map
 from umdbench.prompts import (
     Prompt,
     PromptView,
@@ -285,13 +286,8 @@ class _Run:
 
 
 def _as_mask(labels: np.ndarray, run: _Run) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.shape != run.reference.shape:
-        raise ValueError(
-            f"model {run.model.name!r} must return a mask on the scan grid {run.reference.shape},"
-            f" got shape {labels.shape} (map the output back in predict)"
-        )
-    return labels > 0
+    """Each step's output checked as returned (values 0 and 1 on the scan grid), then a mask."""
+    return check_label_map(labels, run.reference.shape, [1]) > 0
 
 
 def _base_prompt(

@@ -6,18 +6,26 @@ Schema (``schema_version`` 1), one JSON object:
 - ``run``: ``options`` (the ``--umd-*`` values), ``environment`` (python, numpy, torch, monai
   versions, platform, device, GPU name), ``cohort`` (``name``, ``provenance``, ``subjects``,
   ``modalities``, ``organs``), ``policy`` (path and rules);
+- ``complete``: false when the run was interrupted (or is still running: a run writes such a
+  placeholder when it starts, so a killed run never leaves an older run's file looking
+  current); ``missing_cases`` lists the collected cases with no result;
 - ``models``: name -> the model's ``metadata()`` plus ``weights_id`` and ``origin``;
 - ``cases``: one per case id (``model``, ``modality``, ``organ``, ``protocol`` or null,
   ``outcome`` passed / failed / skipped / error, ``metric``, ``threshold``, ``rule``, ``value``
-  (mean over valid subjects), ``n_valid``, ``n_empty_reference``, ``n_errors``, ``message``,
-  ``worker``, ``duration_s``);
+  (mean over valid subjects), ``n_valid``, ``n_empty_reference``, ``n_errors``, ``error`` (a
+  case-level error: the model failed to load, a resume was refused; else null), ``isolation``
+  (where the model ran: ``child process`` or ``in-process``), ``message``, ``worker``,
+  ``duration_s``);
 - ``records``: one per (case, subject): ``case_id``, ``model``, ``modality``, ``organ``,
   ``protocol``, ``subject``, ``session``, ``scan``, ``image``, ``labels``, ``status`` (ok /
   empty_reference / error), the metric figures (``dice``, ``tp``, ``fp``, ``fn``, ``n_ref``,
   ``n_pred`` and whatever else the metrics engine gives), ``spacing``, ``inference_seconds``,
   ``prediction_reused`` (true when another organ case's pass was reused: do not count its time
   twice), ``device``, ``prompt`` (or null), ``error`` (or null), ``inference`` (the model's
-  ``inference_settings()``: e.g. overlap, AMP, postprocessing, where it states them).
+  ``inference_settings()``: e.g. overlap, AMP, postprocessing, where it states them),
+  ``weights_id`` and ``code_version`` (a hash of the model's source file), ``cached_from``
+  (``{run_id, created}`` when taken from an earlier run's ``--umd-prediction-cache``) and
+  ``resumed`` (true when taken from the journal by ``--umd-resume``).
   A promptable record's ``prompt`` holds the clicks in scan voxels, world mm and, for models
   with a prompt view, view voxels with the ``region_of_interest``; a multi-part organ's prompt
   holds ``parts``, one prompt record (with its steps) per part.
@@ -94,14 +102,22 @@ def write_results(
     models: Mapping[str, Any],
     cases: Iterable[Mapping[str, Any]],
     records: Iterable[Mapping[str, Any]],
+    complete: bool = True,
+    missing_cases: Iterable[str] = (),
 ) -> Path:
-    """Write one results file, cases and records sorted so two runs diff cleanly."""
+    """Write one results file, cases and records sorted so two runs diff cleanly.
+
+    ``complete`` is False for a run that was interrupted (or is still running): its
+    ``missing_cases`` were collected but have no result.
+    """
     from umdbench import __version__
 
     document = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "umdbench_version": __version__,
+        "complete": bool(complete),
+        "missing_cases": sorted(missing_cases),
         "run": dict(run),
         "models": dict(models),
         "cases": sorted(cases, key=lambda c: c["case_id"]),
@@ -148,6 +164,8 @@ def merge_results(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         records.extend(document["records"])
         models.update(document["models"])
     merged = dict(documents[0])
+    merged["complete"] = all(d.get("complete", True) for d in documents)
+    merged["missing_cases"] = sorted({m for d in documents for m in d.get("missing_cases", [])})
     merged["cases"] = sorted(cases.values(), key=lambda c: c["case_id"])
     merged["records"] = sorted(records, key=lambda r: (r["case_id"], r["subject"]))
     merged["models"] = models

@@ -1,31 +1,46 @@
 """Run one case: every subject's scan of one arm through one model, scored for one organ.
 
 The runner owns the work between the case matrix and the verdict: loading scans (through the
-scan loader), loading models once per process, predicting once per (model, scan[, prompt]),
-timing, metrics per subject, and turning every failure into a record that names the subject, the
-file and what to do, so that one bad scan or one crashing model never loses the rest of the run.
+scan loader), loading models once per process (in a host process, :mod:`umdbench.isolation`),
+predicting once per (model, scan[, prompt]), timing, metrics per subject, journalling every
+record as it is made, and turning every failure into a record that names the subject, the file
+and what to do, so that one bad scan or one crashing model never loses the rest of the run.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-import traceback
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from umdbench import __version__
 from umdbench.cases import Case
 from umdbench.cohort import Cohort, Scan, ScanLoader
+from umdbench.inference import InferenceRequest, describe_error
+from umdbench.isolation import (
+    DEFAULT_TIMEOUT_S,
+    ChildHost,
+    Host,
+    HostFailure,
+    InProcessHost,
+    LoadFailed,
+    ModelCallError,
+    ModelHandle,
+    ModelSpec,
+    load_model,
+)
+from umdbench.journal import JournalWriter
 from umdbench.metrics import organ_metrics
-from umdbench.models.base import ModelUnavailable, PromptKind, SegmentationModel
+from umdbench.models.base import ModelUnavailable, PromptKind
 from umdbench.policy import LOWER_IS_BETTER, Threshold
 from umdbench.prediction_cache import CachedPrediction, PredictionCache, prediction_key
 from umdbench.prompts import case_seed
-from umdbench.protocols import run_prompted
+from umdbench.provenance import file_identity, model_code_version
 from umdbench.registry import ModelRegistry
 from umdbench.volume import Volume
 
@@ -38,7 +53,12 @@ class ModelSkipped(Exception):
 
 @dataclass
 class CaseOutcome:
-    """Per-subject records of one case and the verdict against its threshold."""
+    """Per-subject records of one case and the verdict against its threshold.
+
+    ``error`` is a case-level error (the model failed to load, a resume was refused); subjects'
+    errors are in their records and counted in ``n_errors``. Either makes the case an error,
+    never a pass or a plain failure: a figure over the subjects that did run is not the case's.
+    """
 
     case: Case
     threshold: Threshold
@@ -50,10 +70,16 @@ class CaseOutcome:
     messages: list[str] = field(default_factory=list)
     skip_reason: str | None = None
     weights_id: str | None = None
+    error: str | None = None
+    isolation: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.error is not None or self.n_errors > 0
 
     @property
     def passed(self) -> bool:
-        return self.n_errors == 0 and self.n_valid > 0 and self.threshold.passes(self.value)
+        return not self.is_error and self.n_valid > 0 and self.threshold.passes(self.value)
 
     def summary(self) -> dict[str, Any]:
         """The case entry of the results file (the plugin adds outcome, worker, duration)."""
@@ -70,12 +96,33 @@ class CaseOutcome:
             "n_valid": self.n_valid,
             "n_empty_reference": self.n_empty_reference,
             "n_errors": self.n_errors,
+            "error": self.error,
             "weights_id": self.weights_id,
+            "isolation": self.isolation,
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
         }
 
+    def error_message(self) -> str:
+        """What an erroring case says: the errors first, then what the other subjects gave."""
+        if self.error is not None:
+            return f"{self.case.id}: {self.error}"
+        scored = self.n_valid
+        lines = [
+            f"{self.case.id}: error: {self.n_errors} of {self.n_errors + scored} subject(s) could"
+            " not be scored, so the case has no verdict"
+        ]
+        lines.extend(self.messages)
+        if scored:
+            lines.append(
+                f"the other {scored} subject(s) gave mean {self.threshold.metric}"
+                f" {self.value:.3f} ({self.threshold.describe()} required, {self.threshold.source})"
+            )
+        return "\n".join(lines)
+
     def failure_message(self, worst: int = 3) -> str:
-        """What a failing case says: the figure, the bar, the worst subjects, the errors."""
+        """What a failing case says: the figure, the bar, the worst subjects."""
+        if self.is_error:
+            return self.error_message()
         lines = [
             f"{self.case.id}: {self.threshold.describe()} required ({self.threshold.source}),"
             f" got {self.value:.3f} over {self.n_valid} subject(s)"
@@ -122,7 +169,12 @@ class _VolumeLRU:
 
 
 class CaseRunner:
-    """Evaluates cases for one process (one xdist worker, or the whole run with ``-n 0``)."""
+    """Evaluates cases for one process (one xdist worker, or the whole run with ``-n 0``).
+
+    ``isolation="process"`` runs models in a host process (a crash costs one subject; hangs end
+    after ``timeout`` seconds); ``"none"`` runs them here. ``journal`` receives every record as
+    it is made; ``resumed`` holds an interrupted run's records by (case id, scan key).
+    """
 
     def __init__(
         self,
@@ -131,55 +183,103 @@ class CaseRunner:
         device: str,
         predictions: PredictionCache,
         loader: ScanLoader | None = None,
+        *,
+        isolation: str = "process",
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        journal: JournalWriter | None = None,
+        resumed: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     ) -> None:
         self.cohort = cohort
         self.registry = registry
         self.device = device
         self.predictions = predictions
         self.loader = loader or ScanLoader()
+        self.isolation = isolation
+        self.timeout = timeout
+        self.journal = journal
+        self.resumed = resumed or {}
         self._volumes = _VolumeLRU()
-        self._models: dict[str, SegmentationModel | Exception] = {}
+        self._models: dict[str, ModelHandle | Exception] = {}
+        self._hosts: dict[str, Host] = {}
 
     # -- models ---------------------------------------------------------------------------
-    def model(self, name: str) -> SegmentationModel:
-        """The loaded model, built once per process; a model that cannot run raises ModelSkipped."""
+    def model(self, name: str) -> ModelHandle:
+        """The loaded model, built once per process; one that cannot run raises ModelSkipped,
+        one whose loading failed raises :class:`LoadFailed` (every case of it is an error)."""
         if name not in self._models:
             self._models[name] = self._load_model(name)
         model = self._models[name]
         if isinstance(model, ModelUnavailable):
             raise ModelSkipped(f"{name}: {model}")
         if isinstance(model, Exception):
-            raise RuntimeError(f"model {name} failed to load: {model}") from model
+            raise model
         return model
 
-    def _load_model(self, name: str) -> SegmentationModel | Exception:
+    def _load_model(self, name: str) -> ModelHandle | Exception:
         cls = self.registry.get(name)
-        try:
-            model = cls()
-            model.check_available(self.device)
-            model.load(self.device)
-        except ModelUnavailable as error:
-            return error
-        except Exception as error:
-            return RuntimeError(f"{type(error).__name__}: {error}")
-        return model
+        host = self._host_for(cls)
+        status, value = load_model(cls, host)
+        if status == "ok":
+            return ModelHandle(cls, host, str(value))
+        if status == "unavailable":
+            return ModelUnavailable(value)
+        return LoadFailed(value)
+
+    def _host_for(self, cls: type) -> Host:
+        """The worker's host process, or in-process for ``none`` and unimportable classes."""
+        where = "process" if self.isolation == "process" and ModelSpec.of(cls) else "none"
+        if where not in self._hosts:
+            self._hosts[where] = (
+                ChildHost(self.device, self.timeout)
+                if where == "process"
+                else InProcessHost(self.device)
+            )
+        return self._hosts[where]
+
+    def close(self) -> None:
+        """Stop the host processes and close the journal (end of the session)."""
+        for host in self._hosts.values():
+            host.close()
+        if self.journal is not None:
+            self.journal.close()
 
     # -- one case -------------------------------------------------------------------------
     def run_case(self, case: Case, threshold: Threshold) -> CaseOutcome:
         """Every subject of the case's arm; a model that cannot run gives a skipped outcome."""
         try:
             model = self.model(case.model)
+            unsupported = model.unsupported(case.organ, case.protocol)
         except ModelSkipped as reason:
             return CaseOutcome(case, threshold, records=[], skip_reason=str(reason))
-        unsupported = model.unsupported(case.organ, case.protocol)
+        except (LoadFailed, HostFailure, ModelCallError) as error:
+            return CaseOutcome(case, threshold, records=[], error=str(error))
         if unsupported:
-            return CaseOutcome(case, threshold, records=[], skip_reason=f"{model.name}: {unsupported}")
-        outcome = CaseOutcome(case, threshold, records=[], weights_id=model.weights_id())
-        key = prediction_key("case", case.id, outcome.weights_id or "", self.cohort.name)
-        outcome.records = [
-            dict(r)
-            for r in self.predictions.get_or_make_records(key, lambda: self._records(model, case))
-        ]
+            return CaseOutcome(
+                case, threshold, records=[], skip_reason=f"{model.name}: {unsupported}"
+            )
+        outcome = CaseOutcome(
+            case, threshold, records=[], weights_id=model.weights_id, isolation=model.isolation
+        )
+        code = model_code_version(model.cls)
+        outcome.error = self._resume_refusal(case, model, code)
+        if outcome.error is not None:
+            return outcome
+        key = prediction_key(
+            "case",
+            case.id,
+            model.weights_id,
+            code,
+            __version__,
+            self.cohort.name,
+            *self._case_files(case),
+        )
+        records, origin = self.predictions.get_or_make_records(
+            key, lambda: self._records(model, case, code)
+        )
+        outcome.records = [dict(r) for r in records]
+        for record in outcome.records:
+            if origin is not None and not record.get("cached_from"):
+                record["cached_from"] = origin
         outcome.messages = [
             f"error: {r['error']}" for r in outcome.records if r["status"] == "error"
         ]
@@ -189,17 +289,53 @@ class CaseRunner:
                 f"no {case.modality} scan has a non-empty {case.organ} reference"
                 f" ({outcome.n_empty_reference} empty): nothing to score"
             )
-        for record in outcome.records:
-            record["weights_id"] = outcome.weights_id
         return outcome
 
-    def _records(self, model: SegmentationModel, case: Case) -> list[dict[str, Any]]:
-        """One record per subject of the case's arm that has the organ in its label map."""
+    def _case_scans(self, case: Case) -> list[Scan]:
+        return [s for s in self.cohort.scans_of(case.modality) if case.organ in s.label_map]
+
+    def _case_files(self, case: Case) -> list[str]:
+        """Every image and labels file of the case, with its identity: a repaired scan or
+        relabelled organ is a new key."""
         return [
-            self._evaluate_subject(model, case, scan)
-            for scan in self.cohort.scans_of(case.modality)
-            if case.organ in scan.label_map
+            f"{path}={file_identity(path)}"
+            for scan in self._case_scans(case)
+            for path in (scan.image, scan.labels)
         ]
+
+    def _resume_refusal(self, case: Case, model: ModelHandle, code: str) -> str | None:
+        """Why journalled records of this case may not be reused, or None."""
+        for scan in self._case_scans(case):
+            old = self.resumed.get((case.id, scan.key))
+            if old is None:
+                continue
+            for what, was, now in (
+                ("weights", old.get("weights_id"), model.weights_id),
+                ("code", old.get("code_version"), code),
+            ):
+                if was != now:
+                    return (
+                        f"--umd-resume refused: the {what} of model {model.name} changed since"
+                        f" the interrupted run ({was} then, {now} now); its records would mix"
+                        " two models. Run without --umd-resume to start afresh"
+                    )
+        return None
+
+    def _records(self, model: ModelHandle, case: Case, code: str) -> list[dict[str, Any]]:
+        """One record per subject of the case's arm that has the organ in its label map; each
+        journalled as soon as it exists, or taken from the journal of a resumed run."""
+        records = []
+        for scan in self._case_scans(case):
+            old = self.resumed.get((case.id, scan.key))
+            if old is not None:
+                records.append({**old, "resumed": True})
+                continue
+            record = self._evaluate_subject(model, case, scan)
+            record["code_version"] = code
+            if self.journal is not None:
+                self.journal.append(record)
+            records.append(record)
+        return records
 
     def _aggregate(self, outcome: CaseOutcome) -> None:
         metric = outcome.threshold.metric
@@ -216,7 +352,7 @@ class CaseRunner:
         outcome.n_errors = sum(r["status"] == "error" for r in outcome.records)
         outcome.value = float(np.mean(values)) if values else float("nan")
 
-    def _base_record(self, case: Case, scan: Scan) -> dict[str, Any]:
+    def _base_record(self, case: Case, scan: Scan, model: ModelHandle) -> dict[str, Any]:
         return {
             "case_id": case.id,
             "model": case.model,
@@ -229,12 +365,13 @@ class CaseRunner:
             "image": str(scan.image),
             "labels": str(scan.labels),
             "device": self.device,
+            "weights_id": model.weights_id,
             "prompt": None,
             "error": None,
         }
 
-    def _evaluate_subject(self, model: SegmentationModel, case: Case, scan: Scan) -> dict[str, Any]:
-        record = self._base_record(case, scan)
+    def _evaluate_subject(self, model: ModelHandle, case: Case, scan: Scan) -> dict[str, Any]:
+        record = self._base_record(case, scan, model)
         try:
             image, labels = self._volumes.get(scan, self.loader)
             reference = scan.organ_mask(labels, case.organ)
@@ -250,10 +387,14 @@ class CaseRunner:
             return record
         try:
             prediction, reused = self._predict(model, case, scan, image, reference)
-        except Exception as error:
-            record.update(status="error", error=_describe_model_error(model, scan, error))
+            mask = self._organ_mask(model, case.organ, prediction.labels)
+        except (HostFailure, ModelCallError) as error:
+            record.update(status="error", error=str(error))
             return record
-        mask = self._organ_mask(model, case.organ, prediction.labels)
+        except Exception as error:  # the suite's own side of the call
+            where = f"model {model.name} on {scan.key} ({scan.image})"
+            record.update(status="error", error=describe_error(where, error))
+            return record
         metrics_device = self.device if self.device.startswith("cuda") else "cpu"
         record.update(organ_metrics(mask, reference, image.spacing, device=metrics_device))
         record.update(
@@ -263,100 +404,52 @@ class CaseRunner:
             device=prediction.device,
             **prediction.extra,
         )
-        settings = model.inference_settings()
-        if settings:
-            record["inference"] = settings
+        origin = self.predictions.origin(prediction)
+        if origin is not None:
+            record["cached_from"] = origin
         return record
 
     @staticmethod
-    def _organ_mask(model: SegmentationModel, organ: str, labels: np.ndarray) -> np.ndarray:
+    def _organ_mask(model: ModelHandle, organ: str, labels: np.ndarray) -> np.ndarray:
         if model.prompt_kind is PromptKind.NONE:
             return labels == model.output_value(organ)
         return labels > 0
 
     def _predict(
-        self, model: SegmentationModel, case: Case, scan: Scan, image: Volume, reference: np.ndarray
+        self, model: ModelHandle, case: Case, scan: Scan, image: Volume, reference: np.ndarray
     ) -> tuple[CachedPrediction, bool]:
+        image_key = [str(scan.image), file_identity(scan.image)]
+        common = [model.name, model.weights_id, model_code_version(model.cls), __version__]
+        request = InferenceRequest(image, case.modality, scan.key, str(scan.image))
         if model.prompt_kind is PromptKind.NONE:
-            key = prediction_key(model.name, model.weights_id(), scan.key, str(scan.image))
-
-            def make() -> CachedPrediction:
-                labels, seconds = self._timed(lambda: model.predict(image, case.modality, None))
-                _check_grid(model, scan, image, labels)
-                return CachedPrediction(
-                    labels.astype(np.int16, copy=False), seconds, self.device, {}
-                )
-
-            return self.predictions.get_or_make(key, make)
-        seed = case_seed(model.name, scan.key, case.organ, case.protocol or "")
-        key = prediction_key(
-            model.name,
-            model.weights_id(),
-            scan.key,
-            str(scan.image),
-            case.organ,
-            str(case.protocol),
-            str(seed),
-        )
-
-        def make_prompted() -> CachedPrediction:
-            result, seconds = self._timed(
-                lambda: run_prompted(
-                    model, image, case.modality, reference, case.organ, case.protocol or "", seed
-                )
+            key = prediction_key(*common, scan.key, *image_key)
+        else:
+            request.seed = case_seed(model.name, scan.key, case.organ, case.protocol or "")
+            request.reference, request.organ, request.protocol = (
+                reference,
+                case.organ,
+                case.protocol,
             )
-            _check_grid(model, scan, image, result.mask)
-            return CachedPrediction(
-                result.mask.astype(np.uint8), seconds, self.device, result.to_record()
+            labels_key = [
+                str(scan.labels),
+                file_identity(scan.labels),
+                repr(scan.label_map[case.organ]),
+            ]
+            key = prediction_key(
+                *common,
+                scan.key,
+                *image_key,
+                *labels_key,
+                case.organ,
+                str(case.protocol),
+                str(request.seed),
             )
 
-        return self.predictions.get_or_make(key, make_prompted)
+        def make() -> CachedPrediction:
+            result = model.infer(request)
+            extra = dict(result.extra)
+            if result.settings:
+                extra["inference"] = result.settings
+            return CachedPrediction(result.labels, result.seconds, result.device, extra)
 
-    def _timed(self, work: Any) -> tuple[Any, float]:
-        """Run ``work``; wall seconds with the device synchronised before and after."""
-        _synchronize(self.device)
-        start = time.perf_counter()
-        result = work()
-        _synchronize(self.device)
-        return result, time.perf_counter() - start
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def _check_grid(model: SegmentationModel, scan: Scan, image: Volume, labels: np.ndarray) -> None:
-    if not isinstance(labels, np.ndarray):
-        raise TypeError(f"predict must return a numpy array, got {type(labels).__name__}")
-    if labels.shape != image.shape:
-        raise ValueError(
-            f"returned a label map of shape {labels.shape}, but the image grid of {scan.image} is"
-            f" {image.shape}: predict must map its output back to the scan's grid"
-        )
-
-
-def _describe_model_error(model: SegmentationModel, scan: Scan, error: BaseException) -> str:
-    """One line that names the model, the scan, the file, the error and what to try."""
-    where = f"model {model.name} on {scan.key} ({scan.image})"
-    if _is_out_of_memory(error):
-        return (
-            f"{where}: out of memory ({error}); try fewer workers (-n), a smaller --umd-subjects,"
-            " or --umd-device cpu"
-        )
-    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-    at = f" at {frame.filename}:{frame.lineno}" if frame else ""
-    return f"{where} raised {type(error).__name__}: {error}{at}"
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    try:
-        import torch
-
-        return isinstance(error, torch.cuda.OutOfMemoryError)
-    except (ImportError, AttributeError):  # pragma: no cover
-        return False
+        return self.predictions.get_or_make(key, make)

@@ -20,6 +20,7 @@ from umdbench.cohort import Cohort, ScanLoader
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES, PAIRED_COMPARISONS
 from umdbench.policy import Policy, load_policy
 from umdbench.prediction_cache import PredictionCache
+from umdbench.provenance import new_run_id
 from umdbench.registry import ModelRegistry
 
 __all__ = ["UmdOptions", "UmdSession", "default_cache_dir"]
@@ -55,6 +56,11 @@ class UmdOptions:
     baseline_update: bool = False
     report: Path | None = None
     no_report: bool = False
+    isolation: str = "process"
+    timeout: float | None = 3600.0
+    resume: bool = False
+    allow_outside_root: bool = False
+    run_id: str = ""
 
     @classmethod
     def from_config(cls, config: pytest.Config, workerinput: dict[str, Any] | None) -> UmdOptions:
@@ -85,6 +91,11 @@ class UmdOptions:
             baseline_update=get("umd_baseline_update"),
             report=get("umd_report"),
             no_report=get("umd_no_report"),
+            isolation=get("umd_isolation"),
+            timeout=get("umd_timeout") or None,
+            resume=get("umd_resume"),
+            allow_outside_root=get("umd_allow_outside_root"),
+            run_id=(workerinput or {}).get("umd_run_id") or new_run_id(),
         )
         options.validate()
         return options
@@ -103,6 +114,8 @@ class UmdOptions:
                 raise pytest.UsageError(
                     f"--umd-organs must name canonical organs, got {organ!r}{hint}"
                 )
+        if self.timeout is not None and not self.timeout > 0:
+            raise pytest.UsageError(f"--umd-timeout must be seconds > 0 (0: none), got {self.timeout}")
         if self.policy is not None and not self.policy.is_file():
             raise pytest.UsageError(f"--umd-policy file not found: {self.policy}")
         if self.baseline_update and self.baseline is None:
@@ -119,6 +132,18 @@ class UmdOptions:
     def recorded(self) -> dict[str, Any]:
         """The options as written into the results file."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()}
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The options a resumed run must share with the interrupted one."""
+        recorded = self.recorded()
+        return {key: recorded[key] for key in FINGERPRINT_OPTIONS}
+
+
+#: Options that change what a run computes (the others change where it writes, or how fast).
+FINGERPRINT_OPTIONS = (
+    "device", "models", "skip_models", "extra_models", "modalities", "organs", "cohort",
+    "subjects", "seed", "dataset", "policy", "weights", "shard", "timeout", "allow_outside_root",
+)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -149,6 +174,9 @@ class UmdSession:
         self._runner: Any = None
         self._owned_prediction_dir: Path | None = None
         self._baseline: Any = None
+        self._checked = False
+        #: A usage error found while parametrizing, raised once collection ends (plugin).
+        self.usage_error: pytest.UsageError | None = None
 
     # -- what the run is about ------------------------------------------------------------
     @property
@@ -184,7 +212,9 @@ class UmdSession:
 
     def _open_cohort(self) -> Cohort:
         if self.options.dataset is not None:
-            return _open_dataset(self.options.dataset, self.options.cache)
+            return _open_dataset(
+                self.options.dataset, self.options.cache, self.options.allow_outside_root
+            )
         from umdbench.umd_fixtures.synthetic import build_synthetic_cohort
 
         return build_synthetic_cohort(
@@ -233,6 +263,7 @@ class UmdSession:
 
     def cases(self) -> list[Any]:
         """The case matrix, or one skipped placeholder that says why there is none."""
+        self.check_startup()
         cohort = self.cohort()
         if cohort is None:
             return [self._unavailable_param()]
@@ -264,6 +295,58 @@ class UmdSession:
                         gaps.append(GapCase(name, organ, a, b, protocol))
         return gaps
 
+    # -- start-up ---------------------------------------------------------------------------
+    def check_startup(self) -> None:
+        """Everything a user can get wrong, checked before any work (each a one-line
+        ``pytest.UsageError``): the models, the policy's names, the dataset."""
+        if self._checked:
+            return
+        from umdbench.volume import max_volume_bytes
+
+        try:
+            max_volume_bytes()  # a bad $UMD_MAX_VOLUME_BYTES: once here, not once per scan
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from error
+        self.model_names()
+        self.check_policy_names()
+        self.cohort()
+        self._checked = True
+
+    def check_policy_names(self) -> None:
+        from umdbench.policy import KNOWN_METRICS
+
+        try:
+            self.policy.check_names(self.registry.names(), CANONICAL_ORGANS, KNOWN_METRICS)
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from error
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the interrupted one (see :mod:`umdbench.journal`)."""
+        from umdbench import __version__
+        from umdbench.provenance import cohort_identity, model_code_version
+
+        cohort = self.cohort()
+        return {
+            "umdbench": __version__,
+            "options": self.options.fingerprinted(),
+            "cohort": None
+            if cohort is None
+            else {
+                "name": cohort.name,
+                "provenance": dict(cohort.provenance),
+                "files": cohort_identity(cohort.scans),
+            },
+            "policy": self.policy.describe(),
+            "models": {
+                name: model_code_version(self.registry.get(name)) for name in self.model_names()
+            },
+        }
+
+    def journal_folder(self) -> Path:
+        from umdbench.journal import journal_folder
+
+        return journal_folder(self.options.results)
+
     # -- running ----------------------------------------------------------------------------
     def prediction_dir(self) -> Path:
         """The folder every process of this run shares predictions through."""
@@ -273,6 +356,9 @@ class UmdSession:
         return self.options.prediction_dir
 
     def cleanup(self) -> None:
+        """End of the session in this process: stop model hosts, drop our temporary folder."""
+        if self._runner is not None:
+            self._runner.close()
         if self._owned_prediction_dir is not None:
             import shutil
 
@@ -282,17 +368,25 @@ class UmdSession:
     def runner(self) -> Any:
         if self._runner is None:
             from umdbench.devices import resolve_device
+            from umdbench.journal import JournalWriter, read_journal
             from umdbench.runner import CaseRunner
 
             cohort = self.cohort()
             if cohort is None:
                 raise DatasetUnavailable(self._cohort_error or "no cohort")
+            options = self.options
+            folder = self.journal_folder()
+            resumed = read_journal(folder)[0] if options.resume else None
             self._runner = CaseRunner(
                 cohort,
                 self.registry,
-                resolve_device(self.options.device),
-                PredictionCache(self.prediction_dir()),
-                loader=_scan_loader(self.options.cache),
+                resolve_device(options.device),
+                PredictionCache(self.prediction_dir(), run_id=options.run_id),
+                loader=_scan_loader(options.cache),
+                isolation=options.isolation,
+                timeout=options.timeout,
+                journal=JournalWriter(folder, os.environ.get("PYTEST_XDIST_WORKER", "main")),
+                resumed=resumed,
             )
         return self._runner
 
@@ -302,14 +396,14 @@ class UmdSession:
         return self.runner.run_case(case, threshold)
 
 
-def _open_dataset(spec: str, cache: Path) -> Cohort:
+def _open_dataset(spec: str, cache: Path, allow_outside_root: bool = False) -> Cohort:
     try:
         from umdbench.data import DatasetUnavailable as DataUnavailable
         from umdbench.data import open_dataset
     except ImportError as error:  # pragma: no cover - the data package ships with umdbench
         raise pytest.UsageError(f"--umd-dataset needs umdbench.data: {error}") from error
     try:
-        return open_dataset(spec, cache)
+        return open_dataset(spec, cache, allow_outside_root=allow_outside_root)
     except DataUnavailable as error:
         raise DatasetUnavailable(str(error)) from error
     except (ValueError, FileNotFoundError) as error:
