@@ -68,10 +68,11 @@ def test_manifest_path_outside_the_root(pytester: pytest.Pytester) -> None:
     assert "row 1" in line and "/etc/passwd" in line and "--umd-allow-outside-root" in line
 
 
-def test_policy_naming_an_unknown_organ(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_policy_naming_an_unknown_organ(pytester: pytest.Pytester, workers: str) -> None:
     policy = pytester.path / "policy.toml"
     policy.write_text('[[rule]]\norgan = "livr"\nmin = 0.5\nsource = "typo"\n')
-    line = _usage_error(pytester, "--umd-policy", str(policy), "--umd-subjects", "1")
+    line = _usage_error(pytester, "-n", workers, "--umd-policy", str(policy), "--umd-subjects", "1")
     assert str(policy) in line and "livr" in line and "liver" in line
 
 

@@ -316,8 +316,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Raise a usage error found while parametrizing; then mark the baseline's known failures
     xfail (not strict: a newly passing case is reported)."""
     session = session_of(config)
-    if session.usage_error is not None:
-        raise session.usage_error
+    if session.usage_error is not None and not hasattr(config, "workerinput"):
+        raise session.usage_error  # an xdist worker leaves it to the controller (controller.py)
     baseline = session.baseline()
     if baseline is None:
         return
