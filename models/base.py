@@ -5,7 +5,10 @@ Contract, as the registry and the suite read it:
 - ``name``: unique, lower-case, hyphenated (``unet-ct``); it starts every case id.
 - ``prompt_kind``: what the model is given per scan: ``none`` (automatic: one pass segments
   every organ), ``box``, ``points`` or ``text`` (one call per organ).
-- ``organs``: canonical organs it can segment; cases are generated for these only.
+- ``organs``: the targets (:mod:`umdbench.targets`) it segments by itself. An automatic model
+  gets cases for these only; a promptable model gets a case for every target the cohort labels
+  (its prompt says what to segment: an organ, a tumour, a user's own target) unless it sets
+  ``any_target = False``. See :meth:`SegmentationModel.runs`.
 - ``modalities_claimed``: arms the model says it supports. The suite runs every arm anyway (that
   is the audit); the report marks claimed and unclaimed results.
 - ``tier``: how real the weights exercised here are (see :class:`Tier`).
@@ -104,6 +107,15 @@ class SegmentationModel(ABC):
     #: ``--umd-models`` (a model that is slow on CPU and meaningless on synthetic anatomy, e.g.
     #: a brain-extraction net); it runs on every real dataset.
     synthetic_audit: ClassVar[bool] = True
+    #: A promptable model runs every target of the cohort (True), or only ``organs`` (False).
+    any_target: ClassVar[bool] = True
+
+    @classmethod
+    def runs(cls, target: str) -> bool:
+        """Whether the suite makes cases of ``target`` for this model (see ``organs``)."""
+        if target in cls.organs:
+            return True
+        return cls.prompt_kind is not PromptKind.NONE and cls.any_target
 
     def check_available(self, device: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`ModelUnavailable` when this model cannot run on ``device`` here."""
@@ -153,6 +165,7 @@ class SegmentationModel(ABC):
             "prompt_kind": cls.prompt_kind.value,
             "protocols": list(cls.protocols),
             "organs": list(cls.organs),
+            "any_target": cls.prompt_kind is not PromptKind.NONE and cls.any_target,
             "modalities_claimed": list(cls.modalities_claimed),
             "tier": cls.tier.value,
             "literature": {

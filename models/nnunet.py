@@ -78,16 +78,32 @@ _CITATION = (
 
 
 def label_ids_from_dataset_json(dataset_json: Mapping[str, Any]) -> dict[str, int]:
-    """Canonical organ -> nnU-Net label value, from ``dataset.json``'s ``labels``."""
-    labels = dataset_json.get("labels", {})
-    ids = {}
-    for name, value in labels.items():
-        if name in CANONICAL_ORGANS:
-            if not isinstance(value, int):
-                raise ValueError(f"label {name!r} is a region {value!r}: region-based models are "
-                                 "not supported by this adapter")
-            ids[name] = int(value)
-    return ids
+    """Target -> nnU-Net label value, from ``dataset.json``'s ``labels``: a label named as a
+    target (``liver``, ``tumor``, a ``--umd-targets`` name), or by a lesion target's label names
+    (``GTV``, ``lesion``: a tumour model made with nnU-Net runs the ``tumor`` cases)."""
+    from umdbench.data.organ_maps import normalise_name, target_label_names
+    from umdbench.targets import get_target, known_targets
+
+    known = known_targets()
+    lesion_names = {
+        label: target
+        for target in known
+        if get_target(target).kind == "lesion"
+        for label in target_label_names(target)
+    }
+    ids: dict[str, int] = {}
+    for name, value in dataset_json.get("labels", {}).items():
+        target = name if name in known else lesion_names.get(normalise_name(name))
+        if target is None:
+            continue
+        if not isinstance(value, int):
+            raise ValueError(f"label {name!r} is a region {value!r}: region-based models are "
+                             "not supported by this adapter")
+        if target in ids:
+            raise ValueError(f"labels {name!r} and another both name the target {target!r}; the"
+                             " adapter needs one label value per target")
+        ids[target] = int(value)
+    return dict(sorted(ids.items(), key=lambda item: known.index(item[0])))
 
 
 def load_checkpoint_safely(path: Path) -> dict[str, Any]:
@@ -372,7 +388,7 @@ def nnunet_model_class(
     attributes = {
         "name": name,
         "modalities_claimed": tuple(arms),
-        "organs": tuple(o for o in CANONICAL_ORGANS if o in ids),
+        "organs": tuple(ids),
         "label_ids": ids,
         "literature": {},
         "folder": lambda self: where(),

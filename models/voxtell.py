@@ -13,7 +13,7 @@ Everything the model does is the installed package's code (``voxtell`` 0.1.2 on 
 2. Text: VoxTell embeds a prompt with the frozen Qwen3-Embedding-4B (a ~8 GB hub model, loaded
    lazily by ``_compute_text_embeddings`` only for prompts missing from its bank). Here it never
    runs: the prompt string (lower case, as VoxTell lower-cases it; the organ's preferred name,
-   else the first of its synonyms from ``umdbench.prompts.ORGAN_SYNONYMS`` that the bank holds)
+   else the first of its synonyms from ``umdbench.targets`` that the bank holds)
    is looked up by the package's own ``embed_text_prompts`` in the package's own bank format
    (``voxtell.utils.embedding_bank``: an ``.npz`` with ``labels``, unicode ``(N,)``, and
    ``embeddings``, float16 ``(N, 2560)``), and the result goes into
@@ -77,8 +77,9 @@ from umdbench.models.base import (
     weights_root,
 )
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
-from umdbench.prompts import ORGAN_SYNONYMS, Prompt, organ_text
+from umdbench.prompts import Prompt, organ_text
 from umdbench.registry import register_model
+from umdbench.targets import known_targets
 from umdbench.volume import Volume
 
 __all__ = [
@@ -173,7 +174,7 @@ def prompt_candidates(
     organ: str, text: str | None = None, synonyms: Iterable[str] = ()
 ) -> list[str]:
     """The strings tried for ``organ``, in order, lower case, without repeats: the prompt's text
-    and synonyms, then the organ's names from ``ORGAN_SYNONYMS``."""
+    and synonyms, then the target's names (``umdbench.targets``)."""
     preferred, others = organ_text(organ)
     names = [*([text] if text else []), *synonyms, preferred, *others]
     seen: dict[str, None] = {}
@@ -183,10 +184,12 @@ def prompt_candidates(
 
 
 def bank_prompts() -> list[str]:
-    """Every name of every canonical organ, lower case: what a bank for this suite should hold."""
+    """Every name of every known target (the 13 organs, the tumour's synonyms, a user's
+    ``--umd-targets``), lower case: what a bank for this suite should hold."""
     names: dict[str, None] = {}
-    for organ in CANONICAL_ORGANS:
-        for name in ORGAN_SYNONYMS.get(organ, organ_text(organ)[:1]):
+    for organ in known_targets():
+        preferred, others = organ_text(organ)
+        for name in (preferred, *others):
             names.setdefault(name.lower(), None)
     return list(names)
 

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from umdbench.cases import Case, build_cases, parse_case_id, schedule_group
+from umdbench.models.base import PromptKind, SegmentationModel
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 
 model_names = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,6}){0,3}", fullmatch=True)
@@ -35,9 +36,18 @@ def test_scheduling_groups_by_model_and_arm() -> None:
     assert schedule_group("tests/test_x.py::test_y[unet-ct-CT-liver]") is None
 
 
+def _model(name: str, kind: PromptKind, organs: tuple[str, ...], protocols: tuple[str, ...],
+           any_target: bool = True) -> type[SegmentationModel]:
+    attributes = {"name": name, "prompt_kind": kind, "organs": organs, "protocols": protocols,
+                  "any_target": any_target, "load": lambda self, device: None,
+                  "predict": lambda self, image, modality, prompt: None}
+    return type(name, (SegmentationModel,), attributes)
+
+
 def test_matrix_skips_organs_a_model_cannot_segment_and_expands_protocols() -> None:
     cases = build_cases(
-        [("auto", ("liver", "spleen"), ()), ("boxy", ("liver",), ("box", "1click"))],
+        [_model("auto", PromptKind.NONE, ("liver", "spleen"), ()),
+         _model("boxy", PromptKind.BOX, ("liver",), ("box", "1click"), any_target=False)],
         {"CT": ["liver", "spleen", "brain"], "PET_CT": ["liver", "spleen"], "MRI": ["brain"]},
     )
     ids = {c.id for c in cases}
@@ -45,3 +55,22 @@ def test_matrix_skips_organs_a_model_cannot_segment_and_expands_protocols() -> N
     assert not any("-MRI-" in i for i in ids)  # the arm labels nothing these models segment
     assert {"boxy-CT-liver-box", "boxy-CT-liver-1click"} <= ids
     assert len(cases) == len(ids) == 2 * 2 + 2 * 2
+
+
+def test_a_lesion_is_run_by_promptable_models_only() -> None:
+    """The issue's rule: automatic organ models never get the tumour; every promptable model
+    does (its prompt says what to segment), unless it restricts itself to its organs."""
+    models = [
+        _model("organs-auto", PromptKind.NONE, CANONICAL_ORGANS, ()),
+        _model("tumour-auto", PromptKind.NONE, ("tumor",), ()),
+        _model("clicks", PromptKind.POINTS, CANONICAL_ORGANS, ("1click",)),
+        _model("text", PromptKind.TEXT, CANONICAL_ORGANS, ("text",)),
+        _model("liver-only", PromptKind.BOX, ("liver",), ("box",), any_target=False),
+    ]
+    ids = {c.id for c in build_cases(models, {"CT": ["tumor", "liver"], "MRI": ["tumor"]})}
+    tumour = {i for i in ids if "-tumor" in i}
+    assert tumour == {
+        "tumour-auto-CT-tumor", "tumour-auto-MRI-tumor", "clicks-CT-tumor-1click",
+        "clicks-MRI-tumor-1click", "text-CT-tumor-text", "text-MRI-tumor-text",
+    }  # fmt: skip
+    assert "organs-auto-CT-liver" in ids and "liver-only-CT-liver-box" in ids

@@ -274,8 +274,9 @@ def test_prompt_strings_come_from_the_organ_table() -> None:
     assert vt.prompt_candidates("liver") == ["liver", "hepar"]
     prompts = vt.bank_prompts()
     assert len(prompts) == len(set(prompts)) and all(p == p.lower() for p in prompts)
-    for organ in CANONICAL_ORGANS:
+    for organ in (*CANONICAL_ORGANS, "tumor"):
         assert {n.lower() for n in ORGAN_SYNONYMS.get(organ, organ_text(organ)[:1])} <= set(prompts)
+    assert {"tumour", "sarcoma", "lesion"} <= set(prompts)
 
 
 def test_a_wrong_bank_is_an_error_naming_the_format(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from umdbench.metrics.engine import DEFAULT_TOLERANCES, empty_figures
-from umdbench.organs import CANONICAL_ORGANS
+from umdbench.targets import known_targets
 from umdbench.policy import KNOWN_METRICS, Policy, load_policy
 
 MODELS = ("unet-ct", "unet-mri", "sam-med3d", "totalsegmentator")
@@ -21,7 +21,7 @@ def _policy(tmp_path: Path, text: str) -> tuple[Path, Policy]:
 
 
 def _check(policy: Policy) -> None:
-    policy.check_names(MODELS, CANONICAL_ORGANS, KNOWN_METRICS)
+    policy.check_names(MODELS, known_targets(), KNOWN_METRICS)
 
 
 def test_known_metrics_are_the_engines_figures() -> None:
@@ -70,7 +70,7 @@ def test_pattern_matching_nothing_is_an_error(tmp_path: Path) -> None:
 def test_metric_the_run_does_not_compute(tmp_path: Path) -> None:
     _, policy = _policy(tmp_path, '[[rule]]\nmetric = "nsd_2mm"\nmin = 0.5\n')
     with pytest.raises(ValueError, match=r'#1: metric = "nsd_2mm" is not a metric this run computes \(did you mean nsd_1mm\?\)'):  # fmt: skip
-        policy.check_names(MODELS, CANONICAL_ORGANS, ["dice", "nsd_1mm"])
+        policy.check_names(MODELS, known_targets(), ["dice", "nsd_1mm"])
 
 
 @pytest.mark.parametrize(

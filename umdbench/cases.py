@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from umdbench.organs import MODALITIES
+
+if TYPE_CHECKING:
+    from umdbench.models.base import SegmentationModel
 
 __all__ = ["Case", "GapCase", "build_cases", "parse_case_id", "schedule_group"]
 
@@ -63,25 +67,22 @@ def schedule_group(nodeid: str) -> str | None:
         return None
 
 
-def build_cases(
-    models: Iterable[tuple[str, Sequence[str], Sequence[str]]],
-    arms: Mapping[str, Sequence[str]],
-) -> list[Case]:
-    """Every (model, modality, organ, protocol) to run.
+def build_cases(models: Iterable[type[SegmentationModel]], arms: Mapping[str, Sequence[str]]) -> list[Case]:
+    """Every (model, modality, target, protocol) to run.
 
-    ``models`` yields ``(name, organs it segments, protocols)``; ``arms`` maps each modality to
-    the organs labelled in it. An organ the model cannot segment, or the arm does not label,
-    makes no case (the model's metadata and the cohort declare it), and promptable models get
-    one case per protocol.
+    ``arms`` maps each modality to the targets labelled in it. A target the model does not run
+    (``SegmentationModel.runs``: automatic models their own organs, promptable models every
+    target), or the arm does not label, makes no case; promptable models get one case per
+    protocol.
     """
     cases = []
-    for name, model_organs, protocols in models:
+    for model in models:
         for modality, organs in arms.items():
             for organ in organs:
-                if organ not in model_organs:
+                if not model.runs(organ):
                     continue
-                for protocol in protocols or (None,):
-                    cases.append(Case(name, modality, organ, protocol))
+                for protocol in model.protocols or (None,):
+                    cases.append(Case(model.name, modality, organ, protocol))
     return cases
 
 

@@ -1,8 +1,8 @@
-"""Cohorts: subjects x modality arms, each scan an image plus an organ label file.
+"""Cohorts: subjects x modality arms, each scan an image plus a label file of its targets.
 
 Every data source (the built-in synthetic cohort, a manifest, the real samples) ends as a
-:class:`Cohort`; the suite reads nothing else. Label values are mapped to canonical organs here,
-once, so no model or metric ever sees a dataset's own label ids.
+:class:`Cohort`; the suite reads nothing else. Label values are mapped to target names
+(organs, lesions) here, once, so no model or metric ever sees a dataset's own label ids.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from umdbench.organs import MODALITIES, check_modality
+from umdbench.organs import MODALITIES, PAIRED_COMPARISONS, check_comparison, check_modality
 from umdbench.volume import Volume, load_volume
 
 __all__ = ["Cohort", "Scan", "ScanLoader"]
@@ -64,13 +64,20 @@ class Scan:
 
 @dataclass(frozen=True)
 class Cohort:
-    """A named set of scans plus the provenance that made it (seed, source, version)."""
+    """A named set of scans plus the provenance that made it (seed, source, version).
+
+    ``comparisons``: the paired arm comparisons this cohort's design supports (the ibsi-sts
+    cohort: CT~PET_CT, CT~MRI, PET_CT~MRI); None: the study's four, where both arms exist.
+    """
 
     name: str
     scans: tuple[Scan, ...]
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    comparisons: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
+        for arm_a, arm_b in self.comparisons or ():
+            check_comparison(arm_a, arm_b)
         keys = [scan.key for scan in self.scans]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:
@@ -88,6 +95,13 @@ class Cohort:
     @property
     def organs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(o for scan in self.scans for o in scan.organs))
+
+    @property
+    def paired_comparisons(self) -> tuple[tuple[str, str], ...]:
+        """The comparisons to make: the declared ones, else the study's, with both arms here."""
+        present = set(self.modalities)
+        chosen = self.comparisons if self.comparisons is not None else PAIRED_COMPARISONS
+        return tuple((a, b) for a, b in chosen if a in present and b in present)
 
     def organs_of(self, modality: str) -> tuple[str, ...]:
         """Organs labelled in at least one scan of ``modality`` (the only ones worth a case)."""

@@ -200,6 +200,7 @@ class Controller:
                 "subjects": list(cohort.subjects),
                 "modalities": list(cohort.modalities),
                 "organs": list(cohort.organs),
+                "comparisons": [f"{a}~{b}" for a, b in cohort.paired_comparisons],
             }
         return info
 

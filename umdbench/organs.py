@@ -1,4 +1,5 @@
-"""Canonical organ and modality names: the one vocabulary every cohort, model and report uses."""
+"""The study's organ and modality names. Targets in general (organs, lesions, a user's own)
+live in :mod:`umdbench.targets`; this module keeps the study's fixed vocabulary."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ __all__ = [
     "MODALITIES",
     "MULTIPART_ORGANS",
     "PAIRED_COMPARISONS",
+    "check_comparison",
     "check_modality",
     "check_organ",
 ]
@@ -28,7 +30,8 @@ CANONICAL_ORGANS: tuple[str, ...] = (
     "stomach",
 )
 
-#: Organs that are several disjoint structures under one canonical name, and their parts, named
+#: Organs that are several disjoint structures (the built-in ones; a target's ``parts`` in
+#: :mod:`umdbench.targets` is what the suite reads) under one canonical name, and their parts, named
 #: by side (world x of the part's centroid; RAS+: larger x is the subject's right). A promptable
 #: model prompts each part on its own and the masks are merged, as SAM-Med3D's evaluation
 #: prompts each ground-truth label id on its own (one click on one lung cannot segment the
@@ -38,7 +41,8 @@ MULTIPART_ORGANS: dict[str, tuple[str, ...]] = {"lung": ("right", "left")}
 #: The four arms of a subject: two sessions (PET/CT and PET/MRI), two images each.
 MODALITIES: tuple[str, ...] = ("CT", "PET_CT", "MRI", "PET_MRI")
 
-#: The intra-subject comparisons the study makes: same anatomy, other physics.
+#: The intra-subject comparisons the study makes: same anatomy, other physics. A cohort may
+#: declare its own (``Cohort.comparisons``), e.g. CT~PET_CT, CT~MRI, PET_CT~MRI.
 PAIRED_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("CT", "PET_CT"),
     ("MRI", "PET_MRI"),
@@ -54,12 +58,26 @@ def check_modality(name: str) -> str:
     return name
 
 
-def check_organ(name: str, known: tuple[str, ...] = CANONICAL_ORGANS) -> str:
-    """Return ``name`` if it is a known organ; the error suggests the closest names."""
+def check_organ(name: str, known: tuple[str, ...] | None = None) -> str:
+    """Return ``name`` if it is a known target (``known``: the targets of
+    :mod:`umdbench.targets`); the error suggests the closest names."""
+    if known is None:
+        from umdbench.targets import check_target
+
+        return check_target(name)
     if name in known:
         return name
     import difflib
 
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"organ must be one of the canonical organs, got {name!r}{hint}")
+    raise ValueError(f"organ must be one of {', '.join(known)}, got {name!r}{hint}")
+
+
+def check_comparison(arm_a: str, arm_b: str) -> tuple[str, str]:
+    """A paired comparison of two distinct arms, each known."""
+    check_modality(arm_a)
+    check_modality(arm_b)
+    if arm_a == arm_b:
+        raise ValueError(f"a paired comparison needs two different arms, got {arm_a}~{arm_b}")
+    return arm_a, arm_b

@@ -90,7 +90,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="ORGANS",
         type=_csv,
         default=None,
-        help="comma-separated canonical organs. Default: every organ of the cohort.",
+        help="comma-separated targets (the 13 organs, tumor, or --umd-targets names)."
+        " Default: every target the cohort labels.",
+    )
+    add(
+        "--umd-targets",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="TOML file of extra targets ([targets.NAME] kind, text, labels, parts; see"
+        " umdbench/targets.py); also $UMD_TARGETS. Default: the built-in targets.",
     )
     add(
         "--umd-cohort",
@@ -117,7 +126,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--umd-dataset",
         metavar="PATH",
         default=None,
-        help="audit a real dataset: a manifest file, a dataset folder, or samples / semireal.",
+        help="audit a real dataset: a manifest file, a dataset folder, or samples / semireal /"
+        " ibsi-sts (the real CT, PET and MRI sarcoma cohort).",
     )
     add(
         "--umd-results",

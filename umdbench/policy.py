@@ -27,7 +27,7 @@ from typing import Any
 
 import tomllib
 
-from umdbench.organs import MODALITIES, PAIRED_COMPARISONS
+from umdbench.organs import MODALITIES
 
 __all__ = [
     "COMPARISONS",
@@ -43,8 +43,11 @@ __all__ = [
 KNOWN_METRICS: tuple[str, ...] = ("dice", "iou", "nsd_1mm", "nsd_2mm", "hd95", "hd", "assd", "rve")
 #: Metrics where smaller is better: a threshold is then a maximum.
 LOWER_IS_BETTER = frozenset({"hd95", "hd", "assd"})
-#: The gap comparisons cases are made for (``CT~PET_CT``, ...).
-COMPARISONS: tuple[str, ...] = tuple(f"{a}~{b}" for a, b in PAIRED_COMPARISONS)
+#: The gap comparisons a rule may name: every pair of arms in arm order (``CT~PET_CT``, the
+#: study's four, and those a cohort declares, e.g. ``PET_CT~MRI`` for ibsi-sts).
+COMPARISONS: tuple[str, ...] = tuple(
+    f"{a}~{b}" for i, a in enumerate(MODALITIES) for b in MODALITIES[i + 1 :]
+)
 #: Keys whose vocabulary is fixed, checked when the file is read.
 _FIXED_NAMES: dict[str, Sequence[str]] = {"modality": MODALITIES, "comparison": COMPARISONS}
 _WILDCARDS = "*?["

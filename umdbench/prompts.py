@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from umdbench.targets import BUILTIN_TARGETS, target_parts, target_text
+
 __all__ = [
     "ORGAN_SYNONYMS",
     "Prompt",
@@ -47,21 +49,10 @@ __all__ = [
     "world_to_voxel",
 ]
 
-#: Names a text-prompted model may be given for each canonical organ, the preferred one first.
+#: Names a text-prompted model may be given for each built-in target, the preferred one first
+#: (the targets' ``text`` in :mod:`umdbench.targets`; :func:`organ_text` also knows a user's).
 ORGAN_SYNONYMS: Mapping[str, tuple[str, ...]] = {
-    "liver": ("liver", "hepar"),
-    "kidney_left": ("left kidney", "kidney left", "left renal"),
-    "kidney_right": ("right kidney", "kidney right", "right renal"),
-    "spleen": ("spleen", "lien"),
-    "heart": ("heart", "cardiac"),
-    "aorta": ("aorta", "aortic"),
-    "lung": ("lung", "lungs", "pulmonary"),
-    "brain": ("brain", "cerebrum", "encephalon"),
-    "colon": ("colon", "large intestine", "large bowel"),
-    "urinary_bladder": ("urinary bladder", "bladder"),
-    "pancreas": ("pancreas",),
-    "esophagus": ("esophagus", "oesophagus"),
-    "stomach": ("stomach", "gaster"),
+    name: target.text_names for name, target in BUILTIN_TARGETS.items()
 }
 
 _MODALITY_MARKERS = ("-CT-", "-PET_CT-", "-MRI-", "-PET_MRI-", "-PET-")
@@ -343,18 +334,16 @@ def edt_click(
 def organ_parts(
     mask: np.ndarray, organ: str, affine: np.ndarray
 ) -> list[tuple[str | None, np.ndarray]]:
-    """The disjoint parts of a multi-part organ (``MULTIPART_ORGANS``), each as its own mask.
+    """The disjoint parts of a multi-part target (its ``parts``), each as its own mask.
 
     The ``k`` largest 26-connected components (``k`` = the organ's number of parts) seed the
     parts; every other component joins the nearest seed, so the parts cover the mask exactly.
     Parts are named by side from their centroids' world x. An organ that is not multi-part, or
     whose mask has fewer components than parts (e.g. lungs that touch), is one part, ``None``.
     """
-    from umdbench.organs import MULTIPART_ORGANS
-
     mask = np.asarray(mask, dtype=bool)
-    names = MULTIPART_ORGANS.get(organ)
-    if names is None or not mask.any():
+    names = target_parts(organ)
+    if not names or not mask.any():
         return [(None, mask)]
     import cc3d
     from scipy.ndimage import distance_transform_edt
@@ -378,9 +367,8 @@ def organ_parts(
 
 
 def organ_text(organ: str) -> tuple[str, tuple[str, ...]]:
-    """The preferred name of a canonical organ and its synonyms (for text prompts)."""
-    names = ORGAN_SYNONYMS.get(organ, (organ.replace("_", " "),))
-    return names[0], names[1:]
+    """The preferred name of a target and its synonyms (for text prompts)."""
+    return target_text(organ)
 
 
 def dsc_auc(dice_per_click: list[float] | np.ndarray) -> float:

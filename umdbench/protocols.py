@@ -326,6 +326,20 @@ def _box_center(ref: np.ndarray) -> tuple[float, float, float]:
     return (float(center[0]), float(center[1]), float(center[2]))
 
 
+def protocol_unsupported(model: Any, organ: str, protocol: str | None) -> str | None:
+    """Why ``protocol`` cannot prompt ``organ`` for this model, whatever the model says: a
+    class-id protocol needs the target in the model's ``label_ids`` (VISTA3D has no class for
+    a sarcoma; its clicks still work). None: it can."""
+    if protocol is None or parse_protocol(protocol).opening != "classid":
+        return None
+    if organ in model.label_ids:
+        return None
+    return (
+        f"{protocol} prompts by the model's own class id, and its label_ids have none for"
+        f" {organ!r}; its spatial protocols still run"
+    )
+
+
 def _class_id(model: SegmentationModel, organ: str) -> int:
     if organ not in model.label_ids:
         raise ValueError(

@@ -96,7 +96,7 @@ def _check_model_class(cls: object, origin: str) -> None:
             f"{origin}: `name` must not contain a modality ({', '.join(MODALITIES)}), got {name!r}"
         )
     if not getattr(cls, "organs", ()):
-        raise TypeError(f"{origin} must list the canonical organs it segments in `organs`")
+        raise TypeError(f"{origin} must list the targets it segments in `organs` (umdbench.targets)")
 
 
 def _qualified(cls: type) -> str:

@@ -40,6 +40,7 @@ from umdbench.models.base import ModelUnavailable, PromptKind
 from umdbench.policy import LOWER_IS_BETTER, Threshold
 from umdbench.prediction_cache import CachedPrediction, PredictionCache, prediction_key
 from umdbench.prompts import case_seed
+from umdbench.protocols import protocol_unsupported
 from umdbench.provenance import file_identity, model_code_version
 from umdbench.registry import ModelRegistry
 from umdbench.volume import Volume
@@ -248,7 +249,8 @@ class CaseRunner:
         """Every subject of the case's arm; a model that cannot run gives a skipped outcome."""
         try:
             model = self.model(case.model)
-            unsupported = model.unsupported(case.organ, case.protocol)
+            unsupported = protocol_unsupported(model.cls, case.organ, case.protocol)
+            unsupported = unsupported or model.unsupported(case.organ, case.protocol)
         except ModelSkipped as reason:
             return CaseOutcome(case, threshold, records=[], skip_reason=str(reason))
         except (LoadFailed, HostFailure, ModelCallError) as error:

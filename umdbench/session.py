@@ -6,7 +6,6 @@ Built once per process in ``pytest_configure`` and kept in ``config.stash``. Eve
 
 from __future__ import annotations
 
-import difflib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -17,11 +16,12 @@ import pytest
 
 from umdbench.cases import Case, GapCase, build_cases
 from umdbench.cohort import Cohort, ScanLoader
-from umdbench.organs import CANONICAL_ORGANS, MODALITIES, PAIRED_COMPARISONS
+from umdbench.organs import MODALITIES
 from umdbench.policy import Policy, load_policy
 from umdbench.prediction_cache import PredictionCache
 from umdbench.provenance import new_run_id
 from umdbench.registry import ModelRegistry
+from umdbench.targets import check_target, known_targets
 
 __all__ = ["UmdOptions", "UmdSession", "default_cache_dir"]
 
@@ -41,6 +41,7 @@ class UmdOptions:
     extra_models: list[str] = field(default_factory=list)
     modalities: list[str] | None = None
     organs: list[str] | None = None
+    targets: Path | None = None
     cohort: str = "synthetic"
     subjects: int = 8
     seed: int = 0
@@ -76,6 +77,7 @@ class UmdOptions:
             extra_models=get("umd_model"),
             modalities=get("umd_modalities"),
             organs=get("umd_organs"),
+            targets=get("umd_targets"),
             cohort=get("umd_cohort"),
             subjects=get("umd_subjects"),
             seed=get("umd_seed"),
@@ -107,13 +109,12 @@ class UmdOptions:
                 raise pytest.UsageError(
                     f"--umd-modalities must name arms among {', '.join(MODALITIES)}, got {arm!r}"
                 )
+        self._use_targets()
         for organ in self.organs or []:
-            if organ not in CANONICAL_ORGANS:
-                close = difflib.get_close_matches(organ, CANONICAL_ORGANS, n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise pytest.UsageError(
-                    f"--umd-organs must name canonical organs, got {organ!r}{hint}"
-                )
+            try:
+                check_target(organ)
+            except ValueError as error:
+                raise pytest.UsageError(f"--umd-organs: {error}") from error
         if self.timeout is not None and not self.timeout > 0:
             raise pytest.UsageError(f"--umd-timeout must be seconds > 0 (0: none), got {self.timeout}")
         if self.policy is not None and not self.policy.is_file():
@@ -129,6 +130,18 @@ class UmdOptions:
                 raise pytest.UsageError(f"--umd-weights must be a folder, got {self.weights}")
             os.environ["UMD_WEIGHTS"] = str(self.weights)
 
+    def _use_targets(self) -> None:
+        """``--umd-targets FILE`` goes to ``$UMD_TARGETS``, so model hosts read it too."""
+        if self.targets is None:
+            return
+        from umdbench.targets import load_targets_file
+
+        try:
+            load_targets_file(self.targets)
+        except ValueError as error:
+            raise pytest.UsageError(f"--umd-targets: {error}") from error
+        os.environ["UMD_TARGETS"] = str(self.targets.resolve())
+
     def recorded(self) -> dict[str, Any]:
         """The options as written into the results file."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()}
@@ -141,7 +154,7 @@ class UmdOptions:
 
 #: Options that change what a run computes (the others change where it writes, or how fast).
 FINGERPRINT_OPTIONS = (
-    "device", "models", "skip_models", "extra_models", "modalities", "organs", "cohort",
+    "device", "models", "skip_models", "extra_models", "modalities", "organs", "targets", "cohort",
     "subjects", "seed", "dataset", "policy", "weights", "shard", "timeout", "allow_outside_root",
 )
 
@@ -270,7 +283,7 @@ class UmdSession:
         models = [self.registry.get(name) for name in self.model_names()]
         for model in models:
             _check_model_protocols(model)
-        return build_cases([(m.name, m.organs, m.protocols) for m in models], self._arms(cohort))
+        return build_cases(models, self._arms(cohort))
 
     def _arms(self, cohort: Cohort) -> dict[str, list[str]]:
         """Selected modality -> the selected organs labelled in it."""
@@ -288,8 +301,8 @@ class UmdSession:
         gaps = []
         for name in self.model_names():
             model = self.registry.get(name)
-            for a, b in PAIRED_COMPARISONS:
-                shared = [o for o in arms.get(a, []) if o in arms.get(b, []) and o in model.organs]
+            for a, b in cohort.paired_comparisons:
+                shared = [o for o in arms.get(a, []) if o in arms.get(b, []) and model.runs(o)]
                 for organ in shared:
                     for protocol in model.protocols or (None,):
                         gaps.append(GapCase(name, organ, a, b, protocol))
@@ -316,7 +329,7 @@ class UmdSession:
         from umdbench.policy import KNOWN_METRICS
 
         try:
-            self.policy.check_names(self.registry.names(), CANONICAL_ORGANS, KNOWN_METRICS)
+            self.policy.check_names(self.registry.names(), known_targets(), KNOWN_METRICS)
         except ValueError as error:
             raise pytest.UsageError(str(error)) from error
 

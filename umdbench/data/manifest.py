@@ -1,4 +1,6 @@
-"""A manifest: any cohort in one file, one row per scan.
+"""A manifest: any cohort in one file, one row per scan. A JSON manifest may also name its
+design's paired comparisons (``"comparisons": ["CT~PET_CT", "CT~MRI", "PET_CT~MRI"]``; the
+study's four by default).
 
 CSV (header row) or JSON. Columns / keys: ``subject``, ``session``, ``arm`` (CT, PET_CT, MRI,
 PET_MRI), ``image``, ``labels`` (paths, relative to the manifest's folder or absolute),
@@ -50,7 +52,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "subject", "session", "arm", "image", "labels", "label_map", "labels_grid_may_differ",
 )  # fmt: skip
 _REQUIRED = MANIFEST_COLUMNS[:6]
-_TOP_KEYS = ("name", "label_maps", "organs", "scans")
+_TOP_KEYS = ("name", "label_maps", "organs", "comparisons", "scans")
 _RANGE = r"\s*\d+(\s*-\s*\d+)?\s*"
 _IDS = re.compile(rf"{_RANGE}(,{_RANGE})*")
 _MAX_RANGE = 65535  # label ids of one inline range; more is a typo, and would take minutes
@@ -189,7 +191,7 @@ def _json_rows(text: str, path: Path) -> tuple[list[tuple[str, Any]], dict[str, 
     return [(f"{path} row {n}", row) for n, row in enumerate(document["scans"], 1)], extra
 
 
-def _check_extra(extra: Mapping[str, Any], path: Path) -> None:
+def _check_extra(extra: dict[str, Any], path: Path) -> None:
     if not isinstance(extra.get("name", ""), str):
         raise ValueError(f"manifest {path}: `name` must be a string, got {extra['name']!r}")
     maps = extra.get("label_maps", {})
@@ -197,12 +199,33 @@ def _check_extra(extra: Mapping[str, Any], path: Path) -> None:
         raise ValueError(
             f"manifest {path}: `label_maps` must map a name to a label map object, got {maps!r}"
         )
+    if "comparisons" in extra:
+        extra["comparisons"] = _comparisons(extra["comparisons"], path)
     organs = extra.get("organs", {})
     if not isinstance(organs, dict) or not all(_names(v) for v in organs.values()):
         raise ValueError(
             f"manifest {path}: `organs` must map an organ to a list of label names, e.g."
             f' {{"liver": ["liver", "liver_tumour"]}}, got {organs!r}'
         )
+
+
+def _comparisons(value: Any, path: Path) -> list[tuple[str, str]]:
+    """``["CT~PET_CT", "PET_CT~MRI"]``: the design's paired comparisons."""
+    from umdbench.organs import check_comparison
+
+    if not _names(value) or not value:
+        raise ValueError(
+            f'manifest {path}: `comparisons` must list arm pairs, e.g. ["CT~PET_CT", "CT~MRI"],'
+            f" got {value!r}"
+        )
+    pairs = []
+    for item in value:
+        arm_a, sep, arm_b = item.partition("~")
+        try:
+            pairs.append(check_comparison(arm_a, arm_b) if sep else check_comparison(item, ""))
+        except ValueError as error:
+            raise ValueError(f"manifest {path}: comparison {item!r}: {error}") from error
+    return pairs
 
 
 def _names(value: Any) -> bool:
@@ -349,9 +372,11 @@ def cohort_from_entries(
     provenance: Mapping[str, Any] | None = None,
     named_maps: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Sequence[str]] | None = None,
+    comparisons: Sequence[tuple[str, str]] | None = None,
 ) -> Cohort:
     """Build the cohort; a duplicate subject/arm or a bad label map is an error naming it (and
-    the row that gave it, when the entry knows its ``origin``)."""
+    the row that gave it, when the entry knows its ``origin``). ``comparisons``: the paired
+    comparisons of the design (None: the study's)."""
     resolved: dict[str, LabelMap] = {}
     scans = []
     for entry in entries:
@@ -379,7 +404,8 @@ def cohort_from_entries(
                 import_error=entry.import_error,
             )
         )
-    return Cohort(name, tuple(scans), dict(provenance or {}))
+    pairs = None if comparisons is None else tuple((a, b) for a, b in comparisons)
+    return Cohort(name, tuple(scans), dict(provenance or {}), comparisons=pairs)
 
 
 _T = TypeVar("_T")

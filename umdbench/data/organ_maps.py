@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from umdbench.organs import CANONICAL_ORGANS, check_organ
+from umdbench.organs import check_organ
 
 __all__ = [
     "BUILTIN_LABEL_MAPS",
@@ -25,6 +25,7 @@ __all__ = [
     "canonical_label_map",
     "normalise_name",
     "parse_label_names",
+    "target_label_names",
 ]
 
 
@@ -150,10 +151,15 @@ def _label_pairs(key: str, value: object, where: str) -> list[tuple[int, str]]:
 def canonical_label_map(
     names: Mapping[int, str],
     overrides: Mapping[str, Sequence[str]] | None = None,
-    organs: Sequence[str] = CANONICAL_ORGANS,
+    organs: Sequence[str] | None = None,
     where: str = "label map",
 ) -> dict[str, tuple[int, ...]]:
-    """Canonical organ -> the label ids that make it; organs the map lacks are left out."""
+    """Target -> the label ids that make it; targets the map lacks are left out. ``organs``:
+    the targets to look for (every known target: :func:`umdbench.targets.known_targets`)."""
+    if organs is None:
+        from umdbench.targets import known_targets
+
+        organs = known_targets()
     overrides = dict(overrides or {})
     for organ in overrides:
         check_organ(organ, tuple(organs))
@@ -164,7 +170,7 @@ def canonical_label_map(
     owner: dict[int, str] = {}
     for organ in organs:
         wanted = overrides.get(organ)
-        keys = {normalise_name(n) for n in wanted} if wanted is not None else _synonyms(organ)
+        keys = {normalise_name(n) for n in wanted} if wanted is not None else target_label_names(organ)
         ids = sorted({i for key in keys for i in by_name.get(key, [])})
         for label_id in ids:
             if label_id in owner:
@@ -178,5 +184,12 @@ def canonical_label_map(
     return result
 
 
-def _synonyms(organ: str) -> frozenset[str]:
-    return SYNONYMS.get(organ, frozenset({normalise_name(organ)}))
+def target_label_names(organ: str) -> frozenset[str]:
+    """The normalised dataset names of a target (``tumor``: gtv, lesion, ...; a user's own)."""
+    if organ in SYNONYMS:
+        return SYNONYMS[organ]
+    from umdbench.targets import get_target, known_targets
+
+    if organ not in known_targets():
+        return frozenset({normalise_name(organ)})
+    return frozenset(normalise_name(n) for n in get_target(organ).label_names)

@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from umdbench.organs import CANONICAL_ORGANS, MODALITIES, PAIRED_COMPARISONS
+from umdbench.organs import CANONICAL_ORGANS, MODALITIES
+from umdbench.report.stats import document_comparisons
 from umdbench.report.tables import model_label
 
 __all__ = ["Plot", "all_plots", "distribution_plots", "heatmap_plot", "paired_plots"]
@@ -111,10 +112,12 @@ def _draw_heatmap(ax: Any, grid: np.ndarray, labels: list[str], organs: list[str
 def paired_plots(
     document: Mapping[str, Any],
     metric: str = "dice",
-    comparisons: Sequence[tuple[str, str]] = PAIRED_COMPARISONS,
+    comparisons: Sequence[tuple[str, str]] | None = None,
 ) -> list[Plot]:
     """Per model and comparison, one panel per organ linking each subject's two arms."""
     values = _values(document.get("records", []), metric)
+    if comparisons is None:
+        comparisons = document_comparisons(document)
     plots = []
     for label in sorted({k[0] for k in values}):
         for arm_a, arm_b in comparisons:

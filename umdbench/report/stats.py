@@ -40,6 +40,7 @@ __all__ = [
     "PairedRow",
     "PairedStats",
     "comparison_label",
+    "document_comparisons",
     "holm_adjust",
     "paired_comparison",
     "paired_table",
@@ -212,10 +213,20 @@ def _metrics_present(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
     return [m for m in metrics if any(r.get(m) is not None for r in records)]
 
 
+def document_comparisons(document: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The comparisons the audited cohort declares (``run.cohort.comparisons``, e.g. ibsi-sts's
+    CT~PET_CT, CT~MRI, PET_CT~MRI); the study's four for a results file without them."""
+    declared = document.get("run", {}).get("cohort", {}).get("comparisons")
+    if not declared:
+        return PAIRED_COMPARISONS
+    pairs = [str(c).split("~") for c in declared]
+    return tuple((p[0], p[1]) for p in pairs if len(p) == 2)
+
+
 def paired_table(
     document: Mapping[str, Any],
     metrics: Sequence[str] = DEFAULT_METRICS,
-    comparisons: Sequence[tuple[str, str]] = PAIRED_COMPARISONS,
+    comparisons: Sequence[tuple[str, str]] | None = None,
     seed: int = 0,
     n_boot: int = _BOOTSTRAP_SAMPLES,
 ) -> list[PairedRow]:
@@ -225,6 +236,8 @@ def paired_table(
     tested together. Metrics absent from every record are left out.
     """
     records = list(document.get("records", []))
+    if comparisons is None:
+        comparisons = document_comparisons(document)
     rows: list[PairedRow] = []
     for metric in _metrics_present(records, metrics):
         values = subject_values(records, metric)
@@ -256,12 +269,16 @@ def _all_organ_rows(
 
     With few subjects no single organ can survive a Holm correction (8 subjects: the smallest
     exact two-sided Wilcoxon p is 2/256, times 13 organs); the subject-level mean answers the
-    model-level question with one test, outside the organ family.
+    model-level question with one test, outside the organ family. A model scored on one
+    target only gets no such row (it would repeat that target's).
     """
     rows = []
     for model, protocol in sorted({u[:2] for u in units}, key=lambda u: (u[0], u[1] or "")):
         per_subject: dict[str, tuple[list[float], list[float]]] = {}
-        for organ in sorted({u[2] for u in units if u[:2] == (model, protocol)}):
+        organs = sorted({u[2] for u in units if u[:2] == (model, protocol)})
+        if len(organs) < 2:
+            continue  # one target (ibsi-sts: the tumour): its own row says it all
+        for organ in organs:
             a = values.get((model, protocol, organ, arm_a), {})
             b = values.get((model, protocol, organ, arm_b), {})
             for subject in set(a) & set(b):
