@@ -7,7 +7,9 @@ ended normally (0 or 1, never an internal, usage or no-tests error); the results
 every case exactly once, says it is complete, has no erroring case, and its journal exists; the verdicts the study predicts hold (the CT-only UNet passes CT and
 fails PET; its CT~PET_CT gap fails); the report was written. Then, where ``../shared/samples``
 exists, the real samples cohort through the same suite: deepbet's and HD-BET's real weights on
-the SPM12 T1 and PET templates must give their Dice in the results.
+the SPM12 T1 and PET templates must give their Dice in the results; and the real ibsi-sts
+sarcoma cohort (CT, PET, MRI of 20 patients): the classical floor on its three arms, every
+subject scored, the three paired comparisons made, the citations in the report.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +127,48 @@ def check_samples(out: Path, status: int) -> list[str]:
     return problems
 
 
+IBSI_STS = SAMPLES / "ibsi_sts"
+IBSI_ARMS = ("CT", "PET_CT", "MRI")
+IBSI_COMPARISONS = ("CT~PET_CT", "CT~MRI", "PET_CT~MRI")
+
+
+def check_ibsi_sts(out: Path, status: int) -> list[str]:
+    """The classical floor on the real sarcoma cohort: 3 cases of 20 scored subjects each."""
+    if status not in (0, 1):
+        return [f"ibsi-sts run: pytest exited {status}"]
+    document = json.loads((out / "results.json").read_text())
+    problems = []
+    for arm in IBSI_ARMS:
+        case_id = f"classical-otsu-{arm}-tumor-box"
+        case = next((c for c in document["cases"] if c["case_id"] == case_id), None)
+        ok = [r for r in document["records"]
+              if r["case_id"] == case_id and r.get("status") == "ok" and r.get("dice") is not None]
+        if case is None or case["outcome"] not in ("passed", "failed") or len(ok) != 20:
+            problems.append(f"ibsi-sts: {case_id}: {case and case['outcome']}, {len(ok)} of 20 scored")
+        else:
+            print(f"ibsi-sts: {case_id} mean Dice {case['value']:.3f} over {len(ok)} patients")
+    gaps = {g["comparison"]: g for g in document["run"]["gaps"] if g["model"] == "classical-otsu"}
+    for comparison in IBSI_COMPARISONS:
+        if gaps.get(comparison, {}).get("n_pairs") != 20:
+            problems.append(f"ibsi-sts: the {comparison} comparison is missing or not over 20 pairs")
+    if "doi:10.7937/K9/TCIA.2015.7GO2GSKS" not in (out / "report.md").read_text():
+        problems.append("ibsi-sts: the report does not cite the TCIA collection")
+    return problems
+
+
+def run_real_data(
+    folder: Path, check_run: Callable[[Path, int], list[str]], *options: str
+) -> list[str]:
+    """The main job on a real dataset in ``folder`` (skipped, and said, when it is absent)."""
+    if not folder.is_dir():
+        print(f"{folder.name} run skipped: {folder} is absent")
+        return []
+    with tempfile.TemporaryDirectory(prefix=f"umd-smoke-{folder.name}-") as out:
+        status, output = run_main_job(Path(out), *options)
+        print(output[-3000:])
+        return check_run(Path(out), status)
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="umd-smoke-") as folder:
         out = Path(folder)
@@ -139,16 +184,13 @@ def main() -> int:
         )
         print(output[-6000:])
         problems = check(out, status, output)
-    if SAMPLES.is_dir():
-        with tempfile.TemporaryDirectory(prefix="umd-smoke-samples-") as folder:
-            out = Path(folder)
-            status, output = run_main_job(
-                out, "--umd-dataset", "samples", "--umd-models", "deepbet,hd-bet,classical-otsu"
-            )
-            print(output[-3000:])
-            problems += check_samples(out, status)
-    else:
-        print(f"samples run skipped: {SAMPLES} is absent")
+    problems += run_real_data(
+        SAMPLES, check_samples, "--umd-dataset", "samples",
+        "--umd-models", "deepbet,hd-bet,classical-otsu",
+    )  # fmt: skip
+    problems += run_real_data(
+        IBSI_STS, check_ibsi_sts, "--umd-dataset", "ibsi-sts", "--umd-models", "classical-otsu"
+    )
     if problems:
         print("smoke FAILED:\n  " + "\n  ".join(problems))
         return 1

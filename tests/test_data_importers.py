@@ -144,6 +144,10 @@ def test_autopet_needs_an_organ_map_then_gives_ct_and_pet(tmp_path):
         cohort.scans[0].image.name == "CTres.nii.gz" and cohort.scans[1].image.name == "SUV.nii.gz"
     )
     assert cohort.scans[0].session == "2004-01-01"
+    # its own lesion labels, audited as the tumor target
+    (tmp_path / "ap" / "labels.json").write_text(json.dumps({"5": "lesion"}))
+    lesions = open_dataset(str(tmp_path / "ap"), tmp_path / "cache")
+    assert lesions.organs == ("tumor",) and lesions.scans[1].label_map == {"tumor": (5,)}
 
 
 def test_umd_convention_pet_labels_resampled_to_its_coarser_grid(tmp_path):

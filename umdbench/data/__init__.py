@@ -5,9 +5,11 @@ decoded-volume cache. The suite calls :func:`open_dataset` and :class:`CachedSca
 
 - ``samples``: the real sample volumes (raises :class:`DatasetUnavailable` when absent);
 - ``semireal``: PET and MRI arms rendered from the real sample CT's anatomy;
+- ``ibsi-sts``: the real CT, FDG PET and T1 MRI of 20 sarcoma patients with expert tumour masks
+  (:mod:`umdbench.data.ibsi_sts`; raises :class:`DatasetUnavailable` when absent);
 - a manifest file (``.csv`` / ``.json``);
 - a dataset folder (importer detected) or ``importer:path`` (``nnunet``, ``msd``,
-  ``totalseg``, ``autopet``, ``umd``, ``manifest``).
+  ``totalseg``, ``autopet``, ``umd``, ``ibsi-sts``, ``manifest``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def open_dataset(spec: str, cache_dir: Path, allow_outside_root: bool = False) -
         from umdbench.data.semireal import semireal_cohort
 
         return semireal_cohort(cache_dir)
+    if spec == "ibsi-sts":
+        from umdbench.data.ibsi_sts import ibsi_sts_cohort
+
+        return ibsi_sts_cohort(cache_dir)
     importer, sep, rest = spec.partition(":")
     if sep and importer in IMPORTERS:
         root = _existing(Path(rest).expanduser(), spec)
@@ -68,7 +74,7 @@ def open_dataset(spec: str, cache_dir: Path, allow_outside_root: bool = False) -
 def _existing(path: Path, spec: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
-            f"dataset must be `samples`, `semireal`, a manifest file, a dataset folder or"
+            f"dataset must be `samples`, `semireal`, `ibsi-sts`, a manifest file, a dataset folder or"
             f" importer:path ({', '.join(IMPORTERS)}), got {spec!r} ({path} does not exist)"
         )
     return path

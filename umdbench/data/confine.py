@@ -4,7 +4,7 @@ symlink in a dataset folder pointing elsewhere, is refused before anything is re
 Paths are compared after ``os.path.realpath`` (symlinks followed, ``..`` folded), so a link is
 judged by where it leads. The roots are the dataset folder (the folder holding a manifest) and,
 for importers, the ``derived/`` folder of the cache where they write merged label files. The
-built-in ``samples``/``semireal`` cohorts are not confined: their file names are fixed in code
+built-in ``samples``/``semireal``/``ibsi-sts`` cohorts are not confined: their file names are fixed in code
 and their folder is the one the user named (``UMD_SAMPLES_DIR``), so links there (e.g. into a
 download cache) are followed. The check runs when the dataset is opened; a link swapped
 afterwards is not seen (the threat is a wrong manifest, not a hostile filesystem).

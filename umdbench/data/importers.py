@@ -33,6 +33,7 @@ import numpy as np
 from umdbench.cohort import Cohort
 from umdbench.data.confine import check_entries_inside, check_inside
 from umdbench.data.geometry import read_nifti, save_nifti_atomic
+from umdbench.data.ibsi_sts import import_ibsi_sts, looks_like_ibsi_sts
 from umdbench.data.manifest import (
     LabelMap,
     ManifestEntry,
@@ -40,9 +41,9 @@ from umdbench.data.manifest import (
     read_manifest,
 )
 from umdbench.data.organ_maps import (
-    SYNONYMS,
     normalise_name,
     parse_label_names,
+    target_label_names,
 )
 
 __all__ = [
@@ -198,7 +199,9 @@ def _msd_pair(item: Any, root: Path, where: str) -> tuple[Path, Path]:
 
 
 def _canonical_mask_names() -> set[str]:
-    return {name for names in SYNONYMS.values() for name in names}
+    from umdbench.targets import known_targets
+
+    return {name for target in known_targets() for name in target_label_names(target)}
 
 
 def import_totalseg(root: Path, cache_dir: Path, *, allow_outside_root: bool = False) -> Cohort:
@@ -279,8 +282,9 @@ def import_autopet(
 ) -> Cohort:
     """autoPET-style ``<patient>/<study>/`` folders -> CT and PET_CT arms."""
     label_map = _organ_label_file(
-        root, "autopet", "autoPET's own SEG.nii.gz holds lesions, not organs; an organ audit"
-        " needs organ labels on the PET grid (e.g. TotalSegmentator run on CTres) and their map."
+        root, "autopet", "autoPET's own SEG.nii.gz holds lesions, not organs: {\"1\": \"tumor\"}"
+        " audits them as the tumor target; an organ audit needs organ labels on the PET grid"
+        " (e.g. TotalSegmentator run on CTres) and their map."
     )  # fmt: skip
     studies = sorted(p.parent for p in root.glob("*/*/SEG.nii.gz"))
     if not studies:
@@ -339,7 +343,7 @@ def import_manifest(root: Path, cache_dir: Path, *, allow_outside_root: bool = F
     name = str(extra.get("name") or path.parent.name)
     return cohort_from_entries(
         name, entries, path.parent, provenance, named_maps=extra.get("label_maps"),
-        overrides=extra.get("organs"),
+        overrides=extra.get("organs"), comparisons=extra.get("comparisons"),
     )  # fmt: skip
 
 
@@ -360,6 +364,7 @@ IMPORTERS: dict[str, Importer] = {
     "totalseg": import_totalseg,
     "autopet": import_autopet,
     "umd": import_umd,
+    "ibsi-sts": import_ibsi_sts,
 }
 
 
@@ -377,12 +382,14 @@ def detect_importer(root: Path) -> str:
         return "autopet"
     if any((p / s).is_dir() for p in children for s in UMD_SESSIONS):
         return "umd"
+    if looks_like_ibsi_sts(root):
+        return "ibsi-sts"
     if len(list(root.glob("*.csv"))) == 1:
         return "manifest"
     raise ValueError(
         f"cannot tell the layout of {root}: expected manifest.csv, dataset.json (nnU-Net or"
-        " Decathlon), <subject>/segmentations/, <patient>/<study>/SEG.nii.gz or"
-        " <subject>/petct|petmri/; name it as importer:path, e.g. nnunet:" + str(root)
+        " Decathlon), <subject>/segmentations/, <patient>/<study>/SEG.nii.gz,"
+        " <subject>/petct|petmri/ or <patient>/CT_image.nii.gz + MR_T1_image.nii.gz (ibsi-sts); name it as importer:path, e.g. nnunet:" + str(root)
     )
 
 
