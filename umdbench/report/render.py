@@ -22,6 +22,8 @@ from umdbench.report.tables import (
     illusion_table,
     paired_csv_table,
     paired_stats_table,
+    prompt_agreement_table,
+    prompt_centres_table,
     records_table,
     verdict_table,
 )
@@ -60,6 +62,9 @@ def _tables(document: Mapping[str, Any], paired: Sequence[PairedRow]) -> list[tu
     gaps = gap_table(document)
     if gaps is not None:
         out.append(("gaps", gaps))
+    prompts = prompt_agreement_table(document)
+    if prompts is not None:
+        out.append(("prompts", prompts))
     out.append(("cases", case_table(document)))
     return out
 
@@ -74,9 +79,22 @@ def _provenance(document: Mapping[str, Any]) -> dict[str, Any]:
             "environment": run.get("environment", {})}
 
 
+def _data_lines(document: Mapping[str, Any]) -> list[str]:
+    """Where the images come from, their licence and what to cite, when the cohort says."""
+    provenance = document.get("run", {}).get("cohort", {}).get("provenance", {})
+    if not isinstance(provenance, Mapping):
+        return []
+    lines = [f"{key.capitalize()}: {provenance[key]}" for key in ("description", "labels",
+             "licence", "upstream") if provenance.get(key)]
+    return lines + [f"Cite: {citation}" for citation in provenance.get("citations", [])]
+
+
 def _markdown(document: Mapping[str, Any], tables: list[tuple[str, Table]], plots: list[Plot],
               plot_dir: str) -> str:
     parts = ["# umdbench audit report", "", _headline(document), ""]
+    data = _data_lines(document)
+    if data:
+        parts += ["## Data", "", *(f"- {line}" for line in data), ""]
     parts += [t.to_markdown() for _, t in tables]
     parts += ["## Figures", ""]
     parts += [f"![{p.title}]({plot_dir}/{p.name}.png)\n" for p in plots]
@@ -99,6 +117,10 @@ def _headline(document: Mapping[str, Any]) -> str:
 def _html(document: Mapping[str, Any], tables: list[tuple[str, Table]], plots: list[Plot]) -> str:
     provenance = html.escape(json.dumps(_provenance(document), indent=1, default=str))
     body = [f"<h1>umdbench audit report</h1><p>{html.escape(_headline(document))}</p>"]
+    sources = _data_lines(document)
+    if sources:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in sources)
+        body.append(f"<h2>Data</h2><ul id='data'>{items}</ul>")
     body += [t.to_html(table_id=ident) for ident, t in tables]
     body.append("<h2>Figures</h2>")
     for p in plots:
@@ -137,6 +159,8 @@ def render_report(
     csvs = {"cases.csv": case_table(document), "records.csv": records_table(document),
             "paired.csv": paired_csv_table(paired), "illusion.csv": illusion_table(document),
             "verdicts.csv": verdict_table(document)}
+    if prompt_agreement_table(document) is not None:
+        csvs["prompts.csv"] = prompt_centres_table(document)
     written += [_write(out / name, table.to_csv()) for name, table in csvs.items()]
     return written
 

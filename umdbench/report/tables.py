@@ -30,6 +30,9 @@ __all__ = [
     "model_label",
     "paired_csv_table",
     "paired_stats_table",
+    "prompt_agreement_table",
+    "prompt_box_centres",
+    "prompt_centres_table",
     "records_table",
     "verdict_table",
 ]
@@ -204,6 +207,68 @@ def case_table(document: Mapping[str, Any]) -> Table:
     rows = tuple(tuple(c.get(k) for k in keys) for c in
                  sorted(document.get("cases", []), key=lambda c: c["case_id"]))
     return Table("Per-case verdicts", keys, rows)
+
+
+def _box_centre_world(prompt: Any) -> tuple[float, float, float] | None:
+    corners = prompt.get("box_world") if isinstance(prompt, Mapping) else None
+    if not (isinstance(corners, list) and len(corners) == 2):
+        return None
+    (x0, y0, z0), (x1, y1, z1) = corners
+    return ((x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2)
+
+
+def prompt_box_centres(
+    document: Mapping[str, Any],
+) -> dict[tuple[str, str, str], dict[str, tuple[float, float, float]]]:
+    """(model label, target, subject) -> arm -> the world centre (mm) of the box prompt given
+    on that arm (each arm's box comes from that arm's own mask)."""
+    centres: dict[tuple[str, str, str], dict[str, tuple[float, float, float]]] = {}
+    for record in document.get("records", []):
+        centre = _box_centre_world(record.get("prompt"))
+        if centre is None:
+            continue
+        key = (model_label(record["model"], record.get("protocol")), record["organ"],
+               str(record["subject"]))
+        centres.setdefault(key, {})[record["modality"]] = centre
+    return centres
+
+
+def prompt_agreement_table(document: Mapping[str, Any]) -> Table | None:
+    """Whether one subject's box prompts point at the same place in every arm: per model and
+    target, the largest distance (mm) between the box centres of two arms of one subject.
+    A few mm (one coarse voxel) says the arms' masks, and so the prompts, are the same
+    structure; None when no record has a box prompt on two arms."""
+    spreads: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for (label, organ, subject), by_arm in prompt_box_centres(document).items():
+        if len(by_arm) < 2:
+            continue
+        points = list(by_arm.values())
+        spread = max(math.dist(a, b) for i, a in enumerate(points) for b in points[i + 1:])
+        spreads.setdefault((label, organ), []).append((spread, subject))
+    if not spreads:
+        return None
+    rows = []
+    for (label, organ), values in sorted(spreads.items()):
+        ordered = sorted(v for v, _ in values)
+        worst = max(values)
+        rows.append((label, organ, len(values), ordered[len(ordered) // 2], worst[0], worst[1]))
+    columns = ("model", "target", "subjects", "median spread (mm)", "largest spread (mm)",
+               "subject with the largest")
+    note = ("Each arm is prompted from its own mask, as a user would prompt that image; the box"
+            " centres are compared in world coordinates (records: prompt.box_world). The spread"
+            " of one subject is the largest distance between two arms' box centres.")
+    return Table("Prompts across arms: box centres in world space", columns, tuple(rows), note)
+
+
+def prompt_centres_table(document: Mapping[str, Any]) -> Table:
+    """Every box prompt's world centre per model, target, subject and arm (prompts.csv)."""
+    rows = tuple(
+        (label, organ, subject, arm, *(round(v, 2) for v in centre))
+        for (label, organ, subject), by_arm in sorted(prompt_box_centres(document).items())
+        for arm, centre in by_arm.items()
+    )
+    columns = ("model", "target", "subject", "modality", "x_mm", "y_mm", "z_mm")
+    return Table("Box prompt centres (world, RAS mm)", columns, rows)
 
 
 def records_table(document: Mapping[str, Any]) -> Table:
