@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from umdbench.metrics.engine import DEFAULT_TOLERANCES, empty_figures
-from umdbench.targets import known_targets
 from umdbench.policy import KNOWN_METRICS, Policy, load_policy
+from umdbench.targets import known_targets
 
 MODELS = ("unet-ct", "unet-mri", "sam-med3d", "totalsegmentator")
 
