@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from umdbench.data import CachedScanLoader, DatasetUnavailable, detect_importer, open_dataset
+from umdbench.data import (
+    CachedScanLoader,
+    DatasetUnavailable,
+    detect_importer,
+    missing_arms,
+    open_dataset,
+)
 from umdbench.data.ibsi_sts import ARM_FILES, COMPARISONS
 from umdbench.prompts import box_prompt, voxel_to_world
 
@@ -87,10 +93,10 @@ def test_box_prompts_from_each_arms_mask_point_at_the_same_tumour(tmp_path: Path
             if arm == "PET_CT":
                 pet_spacing = np.asarray(labels.spacing)
         assert np.all(np.abs(centres["PET_CT"] - centres["MRI"]) <= pet_spacing), subject
-        offsets[subject] = np.abs(centres["CT"] - centres["MRI"])
-    apart = {s for s, d in offsets.items() if np.any(d > pet_spacing)}
+        offsets[subject] = (np.abs(centres["CT"] - centres["MRI"]), pet_spacing)
+    apart = {s for s, (d, spacing) in offsets.items() if np.any(d > spacing)}
     assert apart == {OFFSET_CT_MASK}
-    assert 6.0 < offsets[OFFSET_CT_MASK][2] < 7.0
+    assert 6.0 < offsets[OFFSET_CT_MASK][0][2] < 7.0
 
 
 def _copy_layout(source: Path, target: Path, patients: int) -> None:
@@ -114,6 +120,8 @@ def test_a_users_copy_opens_by_layout_and_keeps_what_is_there(tmp_path: Path) ->
     cohort = open_dataset(f"ibsi-sts:{root}", tmp_path / "cache", allow_outside_root=True)
     assert cohort.name == "sts" and len(cohort.subjects) == 3
     assert {s.modality for s in cohort.scans if s.subject == first} == {"CT", "PET_CT"}
+    warnings = [(p.subject, p.modality) for p in missing_arms(cohort)]
+    assert warnings == [(first, "MRI")]  # the declared comparisons use MRI; no PET_MRI arm here
     broken = cohort.scan(second, "PET_CT")
     assert "has no mask PET_mask.nii.gz" in broken.import_error
     assert cohort.provenance["importer"] == "ibsi-sts"
@@ -189,3 +197,7 @@ def test_a_json_manifest_can_state_the_same_design(tmp_path: Path) -> None:
     manifest.write_text(json.dumps({**document, "comparisons": ["CT~CT"]}))
     with pytest.raises(ValueError, match="comparison 'CT~CT': a paired comparison needs two"):
         open_dataset(str(manifest), tmp_path / "cache", allow_outside_root=True)
+    for wrong, message in (("MRI~CT", "arm order, CT~MRI"), ("CT", "must read ARM~ARM")):
+        manifest.write_text(json.dumps({**document, "comparisons": [wrong]}))
+        with pytest.raises(ValueError, match=message):
+            open_dataset(str(manifest), tmp_path / "cache", allow_outside_root=True)

@@ -52,6 +52,14 @@ def test_the_paired_table_makes_the_declared_comparisons_only(document: dict[str
     }  # the study's four, where both arms exist  # fmt: skip
 
 
+def test_a_model_scored_on_one_target_gets_no_pooled_row() -> None:
+    document = synthetic_results(seed=1, n_subjects=6, organs=("liver",))
+    rows = paired_table(document, metrics=("dice",), n_boot=200)
+    assert rows and {r.organ for r in rows} == {"liver"}
+    two = synthetic_results(seed=1, n_subjects=6, organs=("liver", "spleen"))
+    assert "all_organs" in {r.organ for r in paired_table(two, metrics=("dice",), n_boot=200)}
+
+
 def test_prompt_spread_is_the_largest_distance_between_arms(document: dict[str, Any]) -> None:
     table = prompt_agreement_table(document)
     assert table is not None

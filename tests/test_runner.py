@@ -192,3 +192,24 @@ def test_unsupported_combination_skips_with_the_models_reason(tiny_cohort: Cohor
     ran = run.run_case(Case("settled", "CT", "liver", "box"), BAR)
     assert ran.skip_reason is None and ran.n_valid == 2
     assert all(r["inference"] == {"overlap": 0.25, "amp": False} for r in ran.records)
+
+
+class ClassIdModel(BoxModel):
+    """Prompted by its own class ids: liver only (as VISTA3D has none for a sarcoma)."""
+
+    name = "classy"
+    protocols = ("classid", "patchpoints", "box")
+    label_ids: ClassVar = {"liver": 1}
+
+
+@pytest.mark.parametrize("protocol", ["classid", "patchpoints"])
+def test_a_class_id_protocol_skips_a_target_without_a_class(
+    tiny_cohort: Cohort, protocol: str
+) -> None:
+    """A skip naming the target, not an error per subject; the box case of it still runs."""
+    run = runner(tiny_cohort, ClassIdModel)
+    skipped = run.run_case(Case("classy", "CT", "spleen", protocol), BAR)
+    assert skipped.skip_reason is not None and skipped.error is None
+    assert "label_ids have none for 'spleen'" in skipped.skip_reason and skipped.records == []
+    ran = run.run_case(Case("classy", "CT", "spleen", "box"), BAR)
+    assert ran.skip_reason is None and ran.n_valid == 2

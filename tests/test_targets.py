@@ -89,6 +89,7 @@ def test_a_targets_file_adds_names_text_labels_and_parts(targets_file: Path) -> 
         ('[targets.x]\ntext = "a"\n', "text must be a list"),
         ("[rule]\n", "expected \\[targets.NAME\\]"),
         ("[targets.x\n", "targets file"),
+        ('[targets.liver]\ntext = ["hepar"]\n', "is a built-in target"),
     ],
 )
 def test_a_bad_targets_file_names_the_file_and_the_table(
@@ -159,6 +160,32 @@ def test_a_users_target_is_audited_end_to_end(tmp_path: Path) -> None:
         assert parts == ["right", "left"] and record["dice"] > 0.5
 
 
+def test_a_bad_targets_file_given_by_the_environment_alone_is_one_usage_error(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "targets.toml"
+    bad.write_text('[targets.x]\nkind = "organelle"\n')
+    command = [
+        sys.executable, "-m", "pytest", str(REPO / "benchmarks" / "test_segmentation.py"),
+        "-q", "-p", "no:cacheprovider", "--collect-only",
+    ]  # fmt: skip
+    environment = {**os.environ, "UMD_TARGETS": str(bad)}
+    process = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert process.returncode == 4
+    assert f"ERROR: --umd-targets: targets file {bad} [targets.x]: " in process.stderr
+    assert "kind must be one of" in process.stderr
+
+
+def test_user_targets_are_part_of_the_resume_fingerprint(targets_file: Path) -> None:
+    from umdbench.targets import user_target_definitions
+
+    definitions = user_target_definitions()
+    assert set(definitions) == {"breast", "metastasis"}
+    assert definitions["breast"]["parts"] == ["right", "left"]
+
+
 def test_an_unknown_target_in_the_options_is_one_usage_error(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "pytest", str(REPO / "benchmarks" / "test_segmentation.py"),
@@ -180,9 +207,9 @@ def test_a_class_id_protocol_skips_a_target_the_model_has_no_class_for() -> None
     assert protocol_unsupported(ClassIds, "liver", "classid") is None
     assert protocol_unsupported(ClassIds, "tumor", "1click") is None
     assert protocol_unsupported(ClassIds, "tumor", None) is None
-    for protocol in ("classid", "classid-1click"):
+    for protocol in ("classid", "classid-1click", "patchpoints"):
         reason = protocol_unsupported(ClassIds, "tumor", protocol)
-        assert reason is not None and "no" in reason and "'tumor'" in reason
+        assert reason is not None and "label_ids have none for 'tumor'" in reason
 
 
 def test_an_nnunet_folder_trained_on_tumours_declares_the_tumor_target() -> None:

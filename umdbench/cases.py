@@ -67,7 +67,9 @@ def schedule_group(nodeid: str) -> str | None:
         return None
 
 
-def build_cases(models: Iterable[type[SegmentationModel]], arms: Mapping[str, Sequence[str]]) -> list[Case]:
+def build_cases(
+    models: Iterable[type[SegmentationModel]], arms: Mapping[str, Sequence[str]]
+) -> list[Case]:
     """Every (model, modality, target, protocol) to run.
 
     ``arms`` maps each modality to the targets labelled in it. A target the model does not run

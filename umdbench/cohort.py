@@ -78,6 +78,8 @@ class Cohort:
     def __post_init__(self) -> None:
         for arm_a, arm_b in self.comparisons or ():
             check_comparison(arm_a, arm_b)
+        if self.comparisons is not None and len(set(self.comparisons)) < len(self.comparisons):
+            raise ValueError(f"cohort {self.name!r} lists a comparison twice: {self.comparisons}")
         keys = [scan.key for scan in self.scans]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:

@@ -75,9 +75,12 @@ def check_organ(name: str, known: tuple[str, ...] | None = None) -> str:
 
 
 def check_comparison(arm_a: str, arm_b: str) -> tuple[str, str]:
-    """A paired comparison of two distinct arms, each known."""
+    """A paired comparison of two distinct arms, each known, written in arm order (as
+    policy rules and gap ids name it: ``CT~PET_CT``, never ``PET_CT~CT``)."""
     check_modality(arm_a)
     check_modality(arm_b)
     if arm_a == arm_b:
         raise ValueError(f"a paired comparison needs two different arms, got {arm_a}~{arm_b}")
+    if MODALITIES.index(arm_a) > MODALITIES.index(arm_b):
+        raise ValueError(f"write the comparison in arm order, {arm_b}~{arm_a}, not {arm_a}~{arm_b}")
     return arm_a, arm_b

@@ -328,9 +328,10 @@ def _box_center(ref: np.ndarray) -> tuple[float, float, float]:
 
 def protocol_unsupported(model: Any, organ: str, protocol: str | None) -> str | None:
     """Why ``protocol`` cannot prompt ``organ`` for this model, whatever the model says: a
-    class-id protocol needs the target in the model's ``label_ids`` (VISTA3D has no class for
-    a sarcoma; its clicks still work). None: it can."""
-    if protocol is None or parse_protocol(protocol).opening != "classid":
+    protocol that gives the model's own class id (``classid``, ``classid-<N>clicks``,
+    ``patchpoints``) needs the target in its ``label_ids`` (VISTA3D has no class for a
+    sarcoma; its clicks still work). None: it can."""
+    if protocol is None or parse_protocol(protocol).opening not in ("classid", "patchpoints"):
         return None
     if organ in model.label_ids:
         return None

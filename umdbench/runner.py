@@ -39,10 +39,11 @@ from umdbench.metrics import organ_metrics
 from umdbench.models.base import ModelUnavailable, PromptKind
 from umdbench.policy import LOWER_IS_BETTER, Threshold
 from umdbench.prediction_cache import CachedPrediction, PredictionCache, prediction_key
-from umdbench.prompts import case_seed
+from umdbench.prompts import case_seed, organ_text
 from umdbench.protocols import protocol_unsupported
 from umdbench.provenance import file_identity, model_code_version
 from umdbench.registry import ModelRegistry
+from umdbench.targets import target_parts
 from umdbench.volume import Volume
 
 __all__ = ["CaseOutcome", "CaseRunner", "ModelSkipped"]
@@ -436,6 +437,7 @@ class CaseRunner:
                 str(scan.labels),
                 file_identity(scan.labels),
                 repr(scan.label_map[case.organ]),
+                repr((organ_text(case.organ), target_parts(case.organ))),  # what is prompted
             ]
             key = prediction_key(
                 *common,

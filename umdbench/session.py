@@ -21,7 +21,7 @@ from umdbench.policy import Policy, load_policy
 from umdbench.prediction_cache import PredictionCache
 from umdbench.provenance import new_run_id
 from umdbench.registry import ModelRegistry
-from umdbench.targets import check_target, known_targets
+from umdbench.targets import check_target, known_targets, user_target_definitions
 
 __all__ = ["UmdOptions", "UmdSession", "default_cache_dir"]
 
@@ -131,7 +131,10 @@ class UmdOptions:
             os.environ["UMD_WEIGHTS"] = str(self.weights)
 
     def _use_targets(self) -> None:
-        """``--umd-targets FILE`` goes to ``$UMD_TARGETS``, so model hosts read it too."""
+        """``--umd-targets FILE`` goes to ``$UMD_TARGETS``, so model hosts read it too; a
+        ``$UMD_TARGETS`` set without the option is checked (and recorded) the same way."""
+        if self.targets is None and os.environ.get("UMD_TARGETS"):
+            self.targets = Path(os.environ["UMD_TARGETS"])
         if self.targets is None:
             return
         from umdbench.targets import load_targets_file
@@ -350,6 +353,7 @@ class UmdSession:
                 "files": cohort_identity(cohort.scans),
             },
             "policy": self.policy.describe(),
+            "targets": user_target_definitions(),
             "models": {
                 name: model_code_version(self.registry.get(name)) for name in self.model_names()
             },

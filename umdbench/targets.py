@@ -41,6 +41,7 @@ __all__ = [
     "load_targets_file",
     "target_parts",
     "target_text",
+    "user_target_definitions",
 ]
 
 #: ``organ``: anatomy every subject has; ``lesion``: a finding (tumour, metastasis) that only
@@ -122,6 +123,12 @@ def load_targets_file(path: str | Path) -> dict[str, Target]:
     unknown = set(document) - {"targets"}
     if unknown or not isinstance(document.get("targets"), dict):
         raise ValueError(f"targets file {path}: expected [targets.NAME] tables, got {sorted(document)}")
+    builtin = sorted(set(document["targets"]) & set(BUILTIN_TARGETS))
+    if builtin:
+        raise ValueError(
+            f"targets file {path}: [targets.{builtin[0]}] is a built-in target; give yours"
+            " another name (a built-in's names and bar stay as documented)"
+        )
     return {name: _read_target(path, name, table) for name, table in document["targets"].items()}
 
 
@@ -194,6 +201,17 @@ def target_text(name: str) -> tuple[str, tuple[str, ...]]:
     targets = _all()
     names = targets[name].text_names if name in targets else (name.replace("_", " "),)
     return names[0], names[1:]
+
+
+def user_target_definitions() -> dict[str, dict[str, Any]]:
+    """The targets a file added, as data: what a resumed run and the prediction cache must
+    share (the file's path alone would miss an edit)."""
+    return {
+        name: {"kind": t.kind, "text": list(t.text), "labels": sorted(t.labels),
+               "parts": list(t.parts)}
+        for name, t in _all().items()
+        if name not in BUILTIN_TARGETS
+    }  # fmt: skip
 
 
 def target_parts(name: str) -> tuple[str, ...]:

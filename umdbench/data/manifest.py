@@ -222,9 +222,13 @@ def _comparisons(value: Any, path: Path) -> list[tuple[str, str]]:
     for item in value:
         arm_a, sep, arm_b = item.partition("~")
         try:
-            pairs.append(check_comparison(arm_a, arm_b) if sep else check_comparison(item, ""))
+            if not sep:
+                raise ValueError("it must read ARM~ARM, e.g. CT~PET_CT")
+            pairs.append(check_comparison(arm_a, arm_b))
         except ValueError as error:
             raise ValueError(f"manifest {path}: comparison {item!r}: {error}") from error
+    if len(set(pairs)) < len(pairs):
+        raise ValueError(f"manifest {path}: `comparisons` lists a pair twice: {value!r}")
     return pairs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from umdbench.cohort import Cohort
 from umdbench.data.errors import Problem
 from umdbench.data.loader import CachedScanLoader, validate_scan
-from umdbench.organs import MODALITIES, PAIRED_COMPARISONS
+from umdbench.organs import MODALITIES
 
 __all__ = ["missing_arms", "paired_subjects", "validate_cohort"]
 
@@ -19,8 +19,7 @@ def paired_subjects(cohort: Cohort, arm_a: str, arm_b: str) -> tuple[str, ...]:
 
 def missing_arms(cohort: Cohort) -> list[Problem]:
     """A warning per subject lacking an arm that a paired comparison of this cohort uses."""
-    present = set(cohort.modalities)
-    used = {arm for pair in PAIRED_COMPARISONS if set(pair) <= present for arm in pair}
+    used = {arm for pair in cohort.paired_comparisons for arm in pair}
     problems = []
     for subject in cohort.subjects:
         arms = {s.modality for s in cohort.scans if s.subject == subject}

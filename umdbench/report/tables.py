@@ -13,6 +13,7 @@ import html
 import io
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -249,14 +250,15 @@ def prompt_agreement_table(document: Mapping[str, Any]) -> Table | None:
         return None
     rows = []
     for (label, organ), values in sorted(spreads.items()):
-        ordered = sorted(v for v, _ in values)
         worst = max(values)
-        rows.append((label, organ, len(values), ordered[len(ordered) // 2], worst[0], worst[1]))
+        median = statistics.median(v for v, _ in values)
+        rows.append((label, organ, len(values), median, worst[0], worst[1]))
     columns = ("model", "target", "subjects", "median spread (mm)", "largest spread (mm)",
                "subject with the largest")
     note = ("Each arm is prompted from its own mask, as a user would prompt that image; the box"
             " centres are compared in world coordinates (records: prompt.box_world). The spread"
-            " of one subject is the largest distance between two arms' box centres.")
+            " of one subject is the largest distance between two arms' box centres. Targets"
+            " prompted in parts (lung) are not included: each part has its own box.")
     return Table("Prompts across arms: box centres in world space", columns, tuple(rows), note)
 
 
