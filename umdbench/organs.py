@@ -6,7 +6,6 @@ from __future__ import annotations
 __all__ = [
     "CANONICAL_ORGANS",
     "MODALITIES",
-    "MULTIPART_ORGANS",
     "PAIRED_COMPARISONS",
     "check_comparison",
     "check_modality",
@@ -29,14 +28,6 @@ CANONICAL_ORGANS: tuple[str, ...] = (
     "esophagus",
     "stomach",
 )
-
-#: Organs that are several disjoint structures (the built-in ones; a target's ``parts`` in
-#: :mod:`umdbench.targets` is what the suite reads) under one canonical name, and their parts, named
-#: by side (world x of the part's centroid; RAS+: larger x is the subject's right). A promptable
-#: model prompts each part on its own and the masks are merged, as SAM-Med3D's evaluation
-#: prompts each ground-truth label id on its own (one click on one lung cannot segment the
-#: other). How parts are found: ``umdbench.prompts.organ_parts``.
-MULTIPART_ORGANS: dict[str, tuple[str, ...]] = {"lung": ("right", "left")}
 
 #: The four arms of a subject: two sessions (PET/CT and PET/MRI), two images each.
 MODALITIES: tuple[str, ...] = ("CT", "PET_CT", "MRI", "PET_MRI")

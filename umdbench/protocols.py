@@ -31,7 +31,7 @@ click is then drawn from that view and from the model's own mask in it, so it la
 crop exactly as in the official loop, and the record carries the region of interest with the
 clicks in view, scan and world coordinates. Other models are clicked on the scan grid.
 
-Organs in several parts (``MULTIPART_ORGANS``: lung = right + left). Under spatial protocols
+Organs in several parts (a target's ``parts``: lung = right + left). Under spatial protocols
 (boxes and clicks) each part is prompted on its own, with its own seed, and the masks are merged;
 the record lists each part's prompt and steps, and the merged Dice per step.
 """

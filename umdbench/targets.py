@@ -60,7 +60,10 @@ class Target:
     text: tuple[str, ...] = ()
     #: Normalised dataset label names that make it (several merge); empty: the name itself.
     labels: frozenset[str] = frozenset()
-    #: Disjoint parts prompted one by one and merged (lung: right, left), named by side.
+    #: Disjoint parts prompted one by one and merged (lung: right, left), named by side (world
+    #: x of the part's centroid; RAS+: larger x is the subject's right), as SAM-Med3D's
+    #: evaluation prompts each ground-truth label id on its own (one click on one lung cannot
+    #: segment the other). How parts are found: ``umdbench.prompts.organ_parts``.
     parts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
