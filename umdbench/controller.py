@@ -21,7 +21,7 @@ from umdbench.journal import begin_journal
 from umdbench.results import environment_info, read_results, write_results
 from umdbench.session import UmdSession
 
-__all__ = ["CASE_PROPERTY", "GAP_PROPERTY", "RECORDS_PROPERTY", "Controller"]
+__all__ = ["CASE_PROPERTY", "GAP_PROPERTY", "RECORDS_PROPERTY", "Controller", "not_run_lines"]
 
 CASE_PROPERTY = "umd_case"
 RECORDS_PROPERTY = "umd_records"
@@ -192,6 +192,7 @@ class Controller:
             "environment": environment_info(resolve_device(self.session.options.device)),
             "policy": self.session.policy.describe(),
             "gaps": sorted(self.gaps.values(), key=lambda g: g["gap_id"]),
+            "models_not_run": self._models_not_run(),
         }
         if cohort is not None:
             info["cohort"] = {
@@ -203,6 +204,14 @@ class Controller:
                 "comparisons": [f"{a}~{b}" for a, b in cohort.paired_comparisons],
             }
         return info
+
+    def _models_not_run(self) -> list[dict[str, str]]:
+        """The models left out of the matrix, and why; never fatal to writing the results."""
+        try:
+            left_out = self.session.models_not_run()
+        except pytest.UsageError:
+            return []
+        return [{"model": name, "reason": reason} for name, reason in left_out.items()]
 
     def _models_info(self) -> dict[str, Any]:
         registry = self.session.registry
@@ -229,6 +238,8 @@ class Controller:
         if not self.cases:
             return
         for line in summary_table(list(self.cases.values())):
+            terminalreporter.write_line(line)
+        for line in not_run_lines(self._models_not_run()):
             terminalreporter.write_line(line)
         if self.results_path is not None:
             terminalreporter.write_line(f"umdbench results: {self.results_path}")
@@ -275,6 +286,23 @@ def summary_table(cases: list[dict[str, Any]]) -> list[str]:
             row += f" {_cell(cells.get((model, arm), [])):>18}"
         lines.append(row)
     return lines
+
+
+def not_run_lines(not_run: list[dict[str, str]]) -> list[str]:
+    """One line per model left out of the matrix, each with its fix."""
+    if not not_run:
+        return []
+    head = (f"umdbench: {len(not_run)} model(s) not run here (name them in --umd-models, or"
+            " --umd-models all, to list their cases as skips):")
+    from umdbench.report.findings import model_reason
+
+    return [head, *(f"  {_shortened(model_reason(item['model'], item['reason']))}"
+                    for item in not_run)]
+
+
+def _shortened(line: str, limit: int = 240) -> str:
+    """A terminal line; the whole reason is in results.json (run.models_not_run) and the report."""
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 def _cell(cases: list[dict[str, Any]]) -> str:

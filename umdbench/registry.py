@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
-from umdbench.models.base import SegmentationModel
+from umdbench.models.base import ModelUnavailable, SegmentationModel
 from umdbench.organs import MODALITIES
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ModelRegistry",
     "import_model_class",
     "register_model",
+    "unavailable_reason",
 ]
 
 ENTRY_POINT_GROUP = "umdbench.models"
@@ -59,6 +60,22 @@ def register_model(cls: type[SegmentationModel]) -> type[SegmentationModel]:
         raise ValueError(f"model name {cls.name!r} is registered twice: {existing} and {cls}")
     _BUILTINS[cls.name] = cls
     return cls
+
+
+def unavailable_reason(cls: type[SegmentationModel], device: str) -> str | None:
+    """Why ``cls`` cannot run on ``device`` here (its ``check_available`` says so), or None.
+
+    Asked at collection, so a model without its weights leaves the default matrix with one line
+    instead of a skip per case. Any other exception keeps the model in: its cases then report
+    the error in full when the model host loads it.
+    """
+    try:
+        cls().check_available(device)
+    except ModelUnavailable as reason:
+        return str(reason)
+    except Exception:  # reported by the load, with its traceback
+        return None
+    return None
 
 
 def _where(cls: type) -> tuple[str, str]:

@@ -5,7 +5,9 @@ Schema (``schema_version`` 1), one JSON object:
 - ``schema_version``, ``created`` (ISO 8601 UTC), ``umdbench_version``;
 - ``run``: ``options`` (the ``--umd-*`` values), ``environment`` (python, numpy, torch, monai
   versions, platform, device, GPU name), ``cohort`` (``name``, ``provenance``, ``subjects``,
-  ``modalities``, ``organs``), ``policy`` (path and rules);
+  ``modalities``, ``organs``, ``comparisons``), ``policy`` (path and rules), ``gaps``,
+  ``models_not_run`` (``{model, reason}`` of each model left out of the matrix: missing
+  weights, package or CUDA, or left out of the synthetic cohort);
 - ``complete``: false when the run was interrupted (or is still running: a run writes such a
   placeholder when it starts, so a killed run never leaves an older run's file looking
   current); ``missing_cases`` lists the collected cases with no result;
@@ -169,4 +171,16 @@ def merge_results(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     merged["cases"] = sorted(cases.values(), key=lambda c: c["case_id"])
     merged["records"] = sorted(records, key=lambda r: (r["case_id"], r["subject"]))
     merged["models"] = models
+    merged["run"] = {**documents[0].get("run", {}),
+                     "models_not_run": _models_not_run_of(documents, set(models))}
     return merged
+
+
+def _models_not_run_of(documents: list[Mapping[str, Any]], ran: set[str]) -> list[Any]:
+    """Models some shard left out and no shard ran (each shard probes its own machine)."""
+    left_out: dict[str, Any] = {}
+    for document in documents:
+        for item in document.get("run", {}).get("models_not_run", []):
+            if item.get("model") not in ran:
+                left_out.setdefault(item.get("model"), item)
+    return [left_out[name] for name in sorted(left_out)]

@@ -36,7 +36,8 @@ class UmdOptions:
     """The ``--umd-*`` options, parsed once."""
 
     device: str = "auto"
-    models: list[str] = field(default_factory=lambda: ["*"])
+    #: Patterns to audit; None: every model that can run here (see ``UmdSession.model_names``).
+    models: list[str] | None = None
     skip_models: list[str] = field(default_factory=list)
     extra_models: list[str] = field(default_factory=list)
     modalities: list[str] | None = None
@@ -173,6 +174,13 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
         raise pytest.UsageError(f"--umd-shard: {error}") from error
 
 
+#: Why a model with ``synthetic_audit = False`` is not in an audit of the synthetic cohort.
+SYNTHETIC_LEFT_OUT = (
+    "left out of the built-in synthetic cohort (its task means nothing on synthetic anatomy):"
+    " audit a real dataset (--umd-dataset) or name it in --umd-models"
+)
+
+
 class DatasetUnavailable(Exception):
     """The dataset asked for is not on this machine (e.g. ../shared/samples is absent)."""
 
@@ -191,6 +199,7 @@ class UmdSession:
         self._owned_prediction_dir: Path | None = None
         self._baseline: Any = None
         self._checked = False
+        self._models_selected: tuple[list[str], dict[str, str]] | None = None
         #: A usage error found while parametrizing, raised once collection ends (plugin).
         self.usage_error: pytest.UsageError | None = None
 
@@ -238,23 +247,53 @@ class UmdSession:
         )
 
     def model_names(self) -> list[str]:
-        """The models this run audits: selected by pattern, then by shard."""
+        """The models this run audits: selected by pattern, then by shard. Without
+        ``--umd-models``, only those that can run here; :meth:`models_not_run` says why the
+        others are left out (one line each, instead of a skip per case)."""
+        return self._selection()[0]
+
+    def models_not_run(self) -> dict[str, str]:
+        """Model -> why it is not in this run's matrix (missing weights, package, CUDA; left out
+        of the synthetic cohort). A model named in ``--umd-models`` is never left out for being
+        unavailable: its cases are skips, with this reason."""
+        return self._selection()[1]
+
+    def _selection(self) -> tuple[list[str], dict[str, str]]:
+        if self._models_selected is None:
+            self._models_selected = self._select_models()
+        return self._models_selected
+
+    def _select_models(self) -> tuple[list[str], dict[str, str]]:
+        named = self.options.models
+        patterns = ["*" if p == "all" else p for p in (named or ["*"])]
         try:
-            names = self.registry.select(self.options.models, self.options.skip_models)
+            names = self.registry.select(patterns, self.options.skip_models)
         except KeyError as error:
             raise pytest.UsageError(f"--umd-models: {error.args[0]}") from error
+        left_out: dict[str, str] = {}
         if self.options.dataset is None:  # the built-in synthetic cohort
-            names = [
-                name
+            left_out = {
+                name: SYNTHETIC_LEFT_OUT
                 for name in names
-                if self.registry.get(name).synthetic_audit or name in self.options.models
-            ]
-        if self.options.shard is None:
-            return names
-        from umdbench.shards import select_shard
+                if not self.registry.get(name).synthetic_audit and name not in (named or [])
+            }
+            names = [name for name in names if name not in left_out]
+        if self.options.shard is not None:
+            from umdbench.shards import select_shard
 
-        keep = select_shard(names, *self.options.shard)
-        return [name for name in names if name in keep]
+            keep = select_shard(names, *self.options.shard)  # before availability: stable
+            names = [name for name in names if name in keep]
+        if named is None:
+            from umdbench.devices import resolve_device
+            from umdbench.registry import unavailable_reason
+
+            device = resolve_device(self.options.device)
+            for name in names:
+                reason = unavailable_reason(self.registry.get(name), device)
+                if reason is not None:
+                    left_out[name] = reason
+            names = [name for name in names if name not in left_out]
+        return names, dict(sorted(left_out.items()))
 
     def baseline(self) -> Any:
         """The known-failure baseline to check against, or None (also while updating it)."""
