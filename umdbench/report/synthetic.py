@@ -29,6 +29,8 @@ SYNTHETIC_MODELS: Mapping[str, tuple[str | None, Mapping[str, float], Mapping[st
 }
 _ORGANS = ("liver", "spleen", "kidney_left", "aorta")
 _THRESHOLD = 0.80
+_NOT_RUN_REASON = ("sam-med3d needs its weights at <weights dir>/sam-med3d/sam_med3d.pth: pass"
+                   " --umd-weights DIR or set UMD_WEIGHTS")
 
 
 def _case_id(model: str, modality: str, organ: str, protocol: str | None) -> str:
@@ -113,7 +115,8 @@ def synthetic_results(
     """A results document: models x 4 arms x organs x subjects, PET arms worse than CT/MRI.
 
     With ``skipped_model`` one extra model appears whose cases were all skipped (unavailable),
-    as a real run on a machine without its weights would record.
+    as a run that named it on a machine without its weights would record, and one more is
+    listed as left out of the matrix (``run.models_not_run``), as a default run records it.
     """
     rng = np.random.default_rng(seed)
     names = list(models) if models is not None else list(SYNTHETIC_MODELS)
@@ -142,6 +145,8 @@ def synthetic_results(
         "cohort": {"name": "synthetic", "provenance": "umdbench.report.synthetic (fabricated)",
                    "subjects": subjects, "modalities": list(MODALITIES), "organs": list(organs)},
         "policy": {"path": "default", "rules": []},
+        "models_not_run": [{"model": "sam-med3d", "reason": _NOT_RUN_REASON}] if skipped_model
+        else [],
     }
     return {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
             "umdbench_version": "0.1.0", "run": run, "models": meta,

@@ -22,12 +22,15 @@ from umdbench.organs import MODALITIES
 from umdbench.report.stats import PairedRow
 
 __all__ = [
+    "ArmCell",
     "Table",
     "case_table",
     "fmt",
     "gap_table",
     "illusion_table",
     "measured_means",
+    "model_arm_grid",
+    "model_arm_table",
     "model_label",
     "paired_csv_table",
     "paired_stats_table",
@@ -175,6 +178,47 @@ def verdict_table(document: Mapping[str, Any]) -> Table:
                 rows.append((label, modality, mean, *(n[o] for o in _OUTCOMES)))
     return Table("Verdicts: model x modality", ("model", "modality", "mean Dice", *_OUTCOMES),
                  tuple(rows), "Mean Dice: mean over organs of the per-organ mean over subjects.")
+
+
+@dataclass(frozen=True)
+class ArmCell:
+    """One model on one arm: the macro-mean Dice and how many of its cases pass."""
+
+    mean: float
+    passed: int
+    cases: int
+
+    def text(self) -> str:
+        return f"{fmt(self.mean)} ({self.passed}/{self.cases} pass)"
+
+
+def model_arm_grid(
+    document: Mapping[str, Any],
+) -> tuple[list[str], list[tuple[str, list[ArmCell | None]]]]:
+    """(arms, rows): per model label, one cell per arm (None where it has no case)."""
+    means = measured_means(document.get("records", []))
+    counts: dict[tuple[str, str], list[int]] = {}
+    for c in document.get("cases", []):
+        tally = counts.setdefault((model_label(c["model"], c.get("protocol")), c["modality"]),
+                                  [0, 0])
+        tally[0] += c.get("outcome") in ("passed", "xpassed")
+        tally[1] += 1
+    arms = _modalities(document)
+    rows = []
+    for label, _model, _protocol in _labels(document):
+        cells = [ArmCell(means.get((label, arm), math.nan), *counts[(label, arm)])
+                 if (label, arm) in counts else None for arm in arms]
+        rows.append((label, cells))
+    return arms, rows
+
+
+def model_arm_table(document: Mapping[str, Any]) -> Table:
+    """The grid as a table (Markdown, CSV): mean Dice and passing cases per model and arm."""
+    arms, grid = model_arm_grid(document)
+    rows = tuple((label, *(c.text() if c else None for c in cells)) for label, cells in grid)
+    note = ("Mean Dice over targets (each target's mean over subjects), and how many of the"
+            " model's cases on that arm pass the policy.")
+    return Table("Model x arm: mean Dice (cases passing)", ("model", *arms), rows, note)
 
 
 def illusion_table(document: Mapping[str, Any]) -> Table:
