@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from umdbench.report.tables import Table
+from umdbench.report.tables import Table, finite_number
 
 __all__ = ["Change", "Tolerances", "change_table", "compare_documents"]
 
@@ -65,9 +65,9 @@ def _case_figures(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         bucket = sums.setdefault(r["case_id"], {})
         if r.get("status", "ok") == "ok":
             for key in ("dice", *_NSD_KEYS):
-                if _finite(r.get(key)):
+                if finite_number(r.get(key)):
                     bucket.setdefault(key, []).append(float(r[key]))
-        if not r.get("prediction_reused") and _finite(r.get("inference_seconds")):
+        if not r.get("prediction_reused") and finite_number(r.get("inference_seconds")):
             bucket.setdefault("time", []).append(float(r["inference_seconds"]))
     out = {}
     for case in document.get("cases", []):
@@ -80,18 +80,14 @@ def _case_figures(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _score_change(case_id: str, key: str, old: Any, new: Any, tol: float) -> Change | None:
-    if not (_finite(old) and _finite(new)) or abs(new - old) <= tol:
+    if not (finite_number(old) and finite_number(new)) or abs(new - old) <= tol:
         return None
     return Change(case_id, key, old, new, "regression" if new < old else "improvement")
 
 
 def _time_change(case_id: str, old: Any, new: Any, tol: Tolerances) -> Change | None:
-    if not (_finite(old) and _finite(new)) or abs(new - old) < tol.time_floor_s or old <= 0:
+    if not (finite_number(old) and finite_number(new)) or abs(new - old) < tol.time_floor_s or old <= 0:
         return None
     if abs(new - old) / old <= tol.time:
         return None

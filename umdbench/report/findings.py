@@ -17,7 +17,15 @@ from typing import Any
 
 from umdbench.report.intervals import MeasuredInterval, measured_with_interval
 from umdbench.report.stats import ALL_ORGANS, PairedRow, document_comparisons
-from umdbench.report.tables import Table, model_label
+from umdbench.report.tables import (
+    PASSING,
+    Table,
+    case_labels,
+    model_label,
+    outcome_counts,
+    passing,
+    published_figure,
+)
 
 __all__ = [
     "FINDING_COLUMNS",
@@ -30,9 +38,6 @@ __all__ = [
     "ran_only",
     "summary_line",
 ]
-
-_PASSING = ("passed", "xpassed")
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -85,9 +90,10 @@ def _strip_model(model: str, message: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def ran_only(document: Mapping[str, Any]) -> dict[str, Any]:
-    """The document without the cases and model entries of models that did not run here."""
-    gone = {item.model for item in models_not_run(document)}
+def ran_only(document: Mapping[str, Any], not_run: Sequence[NotRun]) -> dict[str, Any]:
+    """The document without the cases and model entries of ``not_run`` (see
+    :func:`models_not_run`)."""
+    gone = {item.model for item in not_run}
     if not gone:
         return dict(document)
     out = dict(document)
@@ -97,15 +103,13 @@ def ran_only(document: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _labels(document: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(label, model) of every model/protocol with a case."""
-    return sorted({(model_label(c["model"], c.get("protocol")), c["model"])
-                   for c in document.get("cases", [])})
-
-
 def _verdict_counts(document: Mapping[str, Any], label: str) -> Counter[str]:
-    return Counter(str(c.get("outcome")) for c in document.get("cases", [])
-                   if model_label(c["model"], c.get("protocol")) == label)
+    """The outcomes of every case of ``label``, over all arms."""
+    total: Counter[str] = Counter()
+    for (of, _arm), counts in outcome_counts(document).items():
+        if of == label:
+            total += counts
+    return total
 
 
 def _pooled_rows(paired: Sequence[PairedRow], label: str) -> dict[str, PairedRow]:
@@ -147,9 +151,8 @@ def _gap_finding(label: str, row: PairedRow) -> Finding:
     return Finding(label, "gap", text, row.comparison, values)
 
 
-def _claim_finding(label: str, arm: str, claim: Mapping[str, Any],
+def _claim_finding(label: str, arm: str, published: float,
                    measured: MeasuredInterval | None) -> Finding:
-    published = float(claim["dice"])
     if measured is None or not math.isfinite(measured.mean):
         text = f"{label} on {arm}: published Dice {published:.2f}; nothing measured here"
         return Finding(label, "claim", text, arm, {"published": published})
@@ -166,7 +169,7 @@ def _claim_finding(label: str, arm: str, claim: Mapping[str, Any],
 
 def _verdict_finding(label: str, counts: Counter[str]) -> Finding:
     total = sum(counts.values())
-    passed = sum(counts[o] for o in _PASSING)
+    passed = passing(counts)
     others = [f"{counts[o]} {o}" for o in ("failed", "xfailed", "error", "skipped") if counts[o]]
     text = f"{label}: {passed} of {total} cases pass the policy" + (
         f" ({', '.join(others)})" if others else "")
@@ -186,16 +189,16 @@ def findings(
     order = {f"{a}~{b}": i for i, (a, b) in enumerate(document_comparisons(document))}
     arms = list(document.get("run", {}).get("cohort", {}).get("modalities", []))
     out: list[Finding] = []
-    for label, model in _labels(document):
+    for label, model, _protocol in case_labels(document):
         out.append(_verdict_finding(label, _verdict_counts(document, label)))
         rows = _pooled_rows(paired, label)
         for comparison in sorted(rows, key=lambda c: order.get(c, len(order))):
             out.append(_gap_finding(label, rows[comparison]))
         literature = document.get("models", {}).get(model, {}).get("literature") or {}
         for arm in sorted(literature, key=lambda a: arms.index(a) if a in arms else len(arms)):
-            claim = literature[arm]
-            if isinstance(claim, Mapping) and isinstance(claim.get("dice"), (int, float)):
-                out.append(_claim_finding(label, arm, claim, measured.get((label, arm))))
+            published, _citation = published_figure(document, model, arm)
+            if published is not None:
+                out.append(_claim_finding(label, arm, published, measured.get((label, arm))))
     return out
 
 
@@ -217,7 +220,7 @@ def summary_line(document: Mapping[str, Any], not_run: Sequence[NotRun]) -> str:
     cohort = document.get("run", {}).get("cohort", {})
     ran = {c["model"] for c in document.get("cases", [])}
     cases = document.get("cases", [])
-    passed = sum(c.get("outcome") in _PASSING for c in cases)
+    passed = sum(c.get("outcome") in PASSING for c in cases)
     arms = ", ".join(cohort.get("modalities", [])) or "?"
     line = (f"{_count(len(ran), 'model')} audited on {len(cohort.get('subjects', []))} subjects"
             f" of {cohort.get('name', '?')} ({arms}): {passed} of {len(cases)} cases pass the"

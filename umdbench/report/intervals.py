@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from umdbench.report.tables import measured_means, model_label
+from umdbench.report.tables import finite_number, measured_means, model_label
 
 __all__ = ["MeasuredInterval", "measured_with_interval"]
 
@@ -38,17 +38,13 @@ class MeasuredInterval:
     n_subjects: int
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _subject_grid(
     records: Iterable[Mapping[str, Any]], metric: str
 ) -> dict[tuple[str, str], dict[str, dict[str, list[float]]]]:
     """(label, modality) -> organ -> subject -> figures of ``ok`` records with a finite value."""
     out: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
     for r in records:
-        if r.get("status", "ok") != "ok" or not _finite(r.get(metric)):
+        if r.get("status", "ok") != "ok" or not finite_number(r.get(metric)):
             continue
         key = (model_label(r["model"], r.get("protocol")), r["modality"])
         organs = out.setdefault(key, {})

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.report.intervals import MeasuredInterval, measured_with_interval
 from umdbench.report.stats import ALL_ORGANS, PairedRow, document_comparisons, paired_table
-from umdbench.report.tables import Table, model_label
+from umdbench.report.tables import Table, model_label, published_figure
 
 __all__ = [
     "Plot",
@@ -106,20 +106,6 @@ def _models_of_labels(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     return {model_label(r["model"], r.get("protocol")): r["model"] for r in records}
 
 
-def _literature(document: Mapping[str, Any], model: str, arm: str,
-                metric: str) -> tuple[float | None, str]:
-    """The published figure for (model, arm) and its citation; None when not published."""
-    meta = document.get("models", {}).get(model) or {}
-    claim = (meta.get("literature") or {}).get(arm)
-    if not isinstance(claim, Mapping):
-        return None, ""
-    value = claim.get(metric)
-    citation = str(claim.get("citation") or "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None, citation
-    return float(value), citation
-
-
 def _illusion_rows(document: Mapping[str, Any], measured: Mapping[tuple[str, str],
                    MeasuredInterval], metric: str) -> list[tuple[Any, ...]]:
     """Per measured model label, one CSV row per arm measured or published there."""
@@ -129,7 +115,7 @@ def _illusion_rows(document: Mapping[str, Any], measured: Mapping[tuple[str, str
         claims = (document.get("models", {}).get(models[label]) or {}).get("literature") or {}
         arms = _order({a for lab, a in measured if lab == label} | set(claims), MODALITIES)
         for arm in arms:
-            value, citation = _literature(document, models[label], arm, metric)
+            value, citation = published_figure(document, models[label], arm, metric)
             m = measured.get((label, arm))
             if m is None and value is None:
                 continue

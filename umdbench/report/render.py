@@ -309,7 +309,7 @@ def render_report(
 
 def _build(full: Mapping[str, Any], seed: int, n_boot: int) -> _Report:
     not_run = models_not_run(full)
-    document = ran_only(full)
+    document = ran_only(full, not_run)
     paired = paired_table(document, seed=seed, n_boot=n_boot)
     return _Report(
         document=document,

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +23,12 @@ from umdbench.organs import MODALITIES
 from umdbench.report.stats import PairedRow
 
 __all__ = [
+    "PASSING",
     "ArmCell",
     "Table",
+    "case_labels",
     "case_table",
+    "finite_number",
     "fmt",
     "gap_table",
     "illusion_table",
@@ -32,17 +36,27 @@ __all__ = [
     "model_arm_grid",
     "model_arm_table",
     "model_label",
+    "outcome_counts",
     "paired_csv_table",
     "paired_stats_table",
+    "passing",
     "prompt_agreement_table",
     "prompt_box_centres",
     "prompt_centres_table",
+    "published_figure",
     "records_table",
     "verdict_table",
 ]
 
 #: Case outcomes as the controller records them (xfailed: a known failure of the baseline).
 _OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+#: The outcomes that meet the policy (xpassed: a known failure that now passes).
+PASSING = ("passed", "xpassed")
+
+
+def passing(counts: Mapping[str, int]) -> int:
+    """How many of these outcome counts meet the policy."""
+    return sum(counts.get(o, 0) for o in PASSING)
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,8 @@ def model_label(model: str, protocol: str | None) -> str:
     return model if not protocol else f"{model} [{protocol}]"
 
 
-def _finite(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """A real, finite figure (not None, NaN, inf, or a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -140,7 +155,7 @@ def measured_means(
     """(model label, modality) -> macro mean of ``metric`` over organs (see module docstring)."""
     per_organ: dict[tuple[str, str, str], list[float]] = {}
     for r in records:
-        if r.get("status", "ok") == "ok" and _finite(r.get(metric)):
+        if r.get("status", "ok") == "ok" and finite_number(r.get(metric)):
             key = (model_label(r["model"], r.get("protocol")), r["modality"], r["organ"])
             per_organ.setdefault(key, []).append(float(r[metric]))
     organ_means: dict[tuple[str, str], list[float]] = {}
@@ -149,7 +164,7 @@ def measured_means(
     return {k: sum(v) / len(v) for k, v in organ_means.items()}
 
 
-def _labels(document: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+def case_labels(document: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
     """(label, model, protocol) for every model/protocol with a case, in sorted order."""
     seen = {(model_label(c["model"], c.get("protocol")), c["model"], c.get("protocol"))
             for c in document.get("cases", [])}
@@ -161,16 +176,36 @@ def _modalities(document: Mapping[str, Any]) -> list[str]:
     return [m for m in MODALITIES if m in present] + sorted(present - set(MODALITIES))
 
 
+def outcome_counts(document: Mapping[str, Any]) -> dict[tuple[str, str], Counter[str]]:
+    """(model label, modality) -> how many of its cases had each outcome."""
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for c in document.get("cases", []):
+        key = (model_label(c["model"], c.get("protocol")), c["modality"])
+        counts.setdefault(key, Counter())[c.get("outcome", "error")] += 1
+    return counts
+
+
+def published_figure(document: Mapping[str, Any], model: str, arm: str,
+                     metric: str = "dice") -> tuple[float | None, str]:
+    """The figure ``model`` published for ``arm`` (``models[model]["literature"][arm]``) and
+    its citation; None when it published none."""
+    meta = document.get("models", {}).get(model) or {}
+    claim = (meta.get("literature") or {}).get(arm)
+    if not isinstance(claim, Mapping):
+        return None, ""
+    value: Any = claim.get(metric)
+    citation = str(claim.get("citation") or "")
+    if not finite_number(value):
+        return None, citation
+    return float(value), citation
+
+
 def verdict_table(document: Mapping[str, Any]) -> Table:
     """Model x modality: mean Dice and how many organ cases passed, failed, skipped, errored."""
     means = measured_means(document.get("records", []))
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for c in document.get("cases", []):
-        key = (model_label(c["model"], c.get("protocol")), c["modality"])
-        bucket = counts.setdefault(key, dict.fromkeys(_OUTCOMES, 0))
-        bucket[c.get("outcome", "error")] = bucket.get(c.get("outcome", "error"), 0) + 1
+    counts = outcome_counts(document)
     rows = []
-    for label, _model, _protocol in _labels(document):
+    for label, _model, _protocol in case_labels(document):
         for modality in _modalities(document):
             if (label, modality) in counts:
                 n = counts[(label, modality)]
@@ -197,16 +232,12 @@ def model_arm_grid(
 ) -> tuple[list[str], list[tuple[str, list[ArmCell | None]]]]:
     """(arms, rows): per model label, one cell per arm (None where it has no case)."""
     means = measured_means(document.get("records", []))
-    counts: dict[tuple[str, str], list[int]] = {}
-    for c in document.get("cases", []):
-        tally = counts.setdefault((model_label(c["model"], c.get("protocol")), c["modality"]),
-                                  [0, 0])
-        tally[0] += c.get("outcome") in ("passed", "xpassed")
-        tally[1] += 1
+    counts = outcome_counts(document)
     arms = _modalities(document)
     rows = []
-    for label, _model, _protocol in _labels(document):
-        cells = [ArmCell(means.get((label, arm), math.nan), *counts[(label, arm)])
+    for label, _model, _protocol in case_labels(document):
+        cells = [ArmCell(means.get((label, arm), math.nan), passing(counts[(label, arm)]),
+                         sum(counts[(label, arm)].values()))
                  if (label, arm) in counts else None for arm in arms]
         rows.append((label, cells))
     return arms, rows
@@ -226,18 +257,15 @@ def illusion_table(document: Mapping[str, Any]) -> Table:
     means = measured_means(document.get("records", []))
     models = document.get("models", {})
     rows = []
-    for label, model, _protocol in _labels(document):
-        meta = models.get(model, {})
-        literature = meta.get("literature") or {}
-        claimed = set(meta.get("modalities_claimed") or ())
+    for label, model, _protocol in case_labels(document):
+        claimed = set(models.get(model, {}).get("modalities_claimed") or ())
         for modality in _modalities(document):
-            claim = literature.get(modality) or {}
-            published: Any = claim.get("dice")
+            published, citation = published_figure(document, model, modality)
             measured = means.get((label, modality), math.nan)
-            ok = _finite(published) and _finite(measured)
-            diff = measured - float(published) if ok else math.nan
+            ok = published is not None and finite_number(measured)
+            diff = measured - published if ok and published is not None else math.nan
             rows.append((label, modality, modality in claimed, published, measured, diff,
-                         claim.get("citation", "")))
+                         citation))
     columns = ("model", "modality", "claimed", "literature Dice", "measured Dice",
                "measured − literature", "citation")
     note = ("The generalization illusion: published figures beside this audit's. "
