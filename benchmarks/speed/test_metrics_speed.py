@@ -49,7 +49,7 @@ def report(bench: Any, name: str, reference_s: float) -> None:
     ours = bench.stats.stats.min
     ratio = reference_s / ours
     bench.extra_info.update({"reference_s": reference_s, "ratio": ratio})
-    print(f"\n{name}: reference {reference_s:.3f} s, ours {ours:.3f} s, ratio {ratio:.1f}x")
+    print(f"\n{name}: reference {reference_s:.3f} s, ours {ours:.3f} s, ratio {ratio:.3g}x")
 
 
 def test_dice_all_organs_vs_monai(bench: Any, pair: tuple[np.ndarray, np.ndarray]) -> None:
@@ -123,3 +123,46 @@ def test_surface_all_organs_vs_deepmind(bench: Any, pair: tuple[np.ndarray, np.n
         assert ours[name]["nsd_2mm"] == pytest.approx(nsd2, abs=1e-6), name
         assert ours[name]["hd95"] == pytest.approx(hd95, abs=1e-6), name
     report(bench, "NSD+HD95, 13 organs vs DeepMind surface-distance", reference_s)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+TORCH_DEVICES = [
+    "torch-cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not cuda_available(), reason="no CUDA device")),
+]
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_surface_liver_torch_vs_numba(
+    bench: Any, pair: tuple[np.ndarray, np.ndarray], device: str
+) -> None:
+    """The torch backend (the numba algorithm on tensors) against the numba backend, on the
+    same liver masks: every figure equal (==). Masks are already tensors on the device."""
+    torch = pytest.importorskip("torch")
+    from umdbench.metrics._surfels import COMPILED
+
+    if not COMPILED:
+        pytest.skip("numba is not installed: the reference is the numba backend")
+    ref, pred = pair
+    value = ORGANS["liver"][0]
+    ref_m, pred_m = ref == value, pred == value
+    reference_s, expected = best_of(lambda: organ_metrics(pred_m, ref_m, SPACING), 3)
+    where = "cpu" if device == "torch-cpu" else device
+    pred_t, ref_t = torch.from_numpy(pred_m).to(where), torch.from_numpy(ref_m).to(where)
+    ours = bench.pedantic(
+        organ_metrics,
+        args=(pred_t, ref_t, SPACING),
+        kwargs={"device": device},
+        rounds=3,
+        warmup_rounds=1,
+    )
+    assert ours == expected
+    report(bench, f"all figures, liver, torch on {device} vs the numba backend", reference_s)
+    print(f"torch on {device} takes {bench.stats.stats.min / reference_s:.2f}x numba's time")
