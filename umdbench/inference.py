@@ -1,15 +1,14 @@
 """One subject's inference: what runs inside the model's host (a child process, or in-process).
 
 Everything between "here is the scan" and "here is a checked label map" happens here, so that
-a model that crashes, hangs or returns garbage is caught where it runs: the call is timed, the
-output is checked before any cast (:mod:`umdbench.outputs`), and an exception becomes one line
+a model that crashes, hangs or returns garbage is caught where it runs: the call is timed and
+its memory measured (:mod:`umdbench.timing`, under ``--umd-amp``'s autocast), the output is checked before any cast (:mod:`umdbench.outputs`), and an exception becomes one line
 naming the model, the scan, the file and the vendor's own source line.
 """
 
 from __future__ import annotations
 
 import inspect
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 
 from umdbench.models.base import PromptKind, SegmentationModel
 from umdbench.outputs import OutputError, check_label_map
+from umdbench.timing import measure
 from umdbench.volume import Volume
 
 __all__ = [
@@ -48,58 +48,68 @@ class InferenceRequest:
 
 @dataclass
 class InferenceResult:
-    """A checked label map, the seconds it took and what the model chose while making it."""
+    """A checked label map, the seconds it took and what the model chose while making it.
+
+    ``seconds`` is the wall time (device synchronised); ``timing`` holds every figure of the
+    call (:func:`umdbench.timing.measure`: CUDA-event time, peak memory, the card, warm-up, AMP).
+    """
 
     labels: np.ndarray
     seconds: float
     device: str
     extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
 
 
 def run_inference(
-    model: SegmentationModel, request: InferenceRequest, device: str
+    model: SegmentationModel,
+    request: InferenceRequest,
+    device: str,
+    *,
+    amp: str = "none",
+    warmup: bool = False,
 ) -> InferenceResult:
-    """Predict (automatic) or run the prompt protocol (promptable); raises on a bad output."""
+    """Predict (automatic) or run the prompt protocol (promptable) under ``amp``'s autocast;
+    raises on a bad output. ``warmup``: this is the host's first call of the model."""
     if model.prompt_kind is PromptKind.NONE:
-        labels, seconds = _timed(
-            lambda: model.predict(request.image, request.modality, None), device
+        labels, timing = measure(
+            lambda: model.predict(request.image, request.modality, None),
+            device,
+            warmup=warmup,
+            amp=amp,
         )
         allowed = [int(v) for v in model.label_ids.values()]
         checked = check_label_map(labels, request.image.shape, allowed)
         return InferenceResult(
-            checked.astype(np.int16, copy=False), seconds, device, {}, model.inference_settings()
+            checked.astype(np.int16, copy=False),
+            timing["wall_s"],
+            device,
+            {},
+            model.inference_settings(),
+            timing,
         )
     from umdbench.protocols import run_prompted
 
     assert request.reference is not None and request.organ is not None
     reference, organ, protocol = request.reference, request.organ, request.protocol or ""
-    result, seconds = _timed(
+    result, timing = measure(
         lambda: run_prompted(
             model, request.image, request.modality, reference, organ, protocol, request.seed
         ),
         device,
+        warmup=warmup,
+        amp=amp,
     )
     mask = check_label_map(result.mask, request.image.shape, [1])
     return InferenceResult(
-        mask.astype(np.uint8), seconds, device, result.to_record(), model.inference_settings()
+        mask.astype(np.uint8),
+        timing["wall_s"],
+        device,
+        result.to_record(),
+        model.inference_settings(),
+        timing,
     )
-
-
-def _timed(work: Any, device: str) -> tuple[Any, float]:
-    """Run ``work``; wall seconds with the device synchronised before and after."""
-    _synchronize(device)
-    start = time.perf_counter()
-    result = work()
-    _synchronize(device)
-    return result, time.perf_counter() - start
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def describe_error(where: str, error: BaseException, source: str | None = None) -> str:

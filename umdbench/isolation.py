@@ -12,6 +12,10 @@ fresh host (reloading the model) for the next subject. Nothing else is lost.
 The same request handler (:class:`_Server`) answers in-process under ``--umd-isolation none``
 (and for model classes that cannot be imported by name, e.g. ones defined inside a function):
 there a crash still ends the process and a timeout cannot be enforced.
+
+Each host runs inference under the run's ``--umd-amp`` autocast and times it where it runs
+(:mod:`umdbench.timing`); the first call of each model in a host is marked ``warmup``, so a
+fresh host after a crash warms up again and says so.
 """
 
 from __future__ import annotations
@@ -113,9 +117,12 @@ def _is_model(value: Any, name: str) -> bool:
 class _Server:
     """Answers a worker's requests with the models it holds; the same code in both hosts."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, amp: str = "none") -> None:
         self.device = device
+        self.amp = amp
         self.models: dict[str, SegmentationModel] = {}
+        #: Models that have had an inference call in this host (the next one is not a warm-up).
+        self.warmed: set[str] = set()
 
     def handle(self, op: str, args: tuple[Any, ...]) -> tuple[str, Any]:
         """``("ok", value)``, ``("unavailable", reason)`` or ``("error", one line)``."""
@@ -127,8 +134,12 @@ class _Server:
             return ("error", f"model {name} is not loaded in this host")
         if op == "infer":
             request: InferenceRequest = args[1]
+            warmup = name not in self.warmed
+            self.warmed.add(name)  # a first call that raised did the warming up all the same
             return self._guarded(
-                model, request.where(name), run_inference, model, request, self.device
+                model,
+                request.where(name),
+                lambda: run_inference(model, request, self.device, amp=self.amp, warmup=warmup),
             )
         if op == "call":
             method, method_args = args[1], args[2]
@@ -153,6 +164,7 @@ class _Server:
             where = f"model {cls.name} could not be loaded: {step}({self.device!r})"
             return ("error", describe_error(where, error, source_file(cls)))
         self.models[cls.name] = model
+        self.warmed.discard(cls.name)
         return ("ok", weights)
 
     @staticmethod
@@ -180,8 +192,8 @@ class InProcessHost:
 
     isolation = "in-process"
 
-    def __init__(self, device: str) -> None:
-        self._server = _Server(device)
+    def __init__(self, device: str, amp: str = "none") -> None:
+        self._server = _Server(device, amp)
 
     def request(self, op: str, args: tuple[Any, ...], where: str) -> tuple[str, Any]:
         return self._server.handle(op, args)
@@ -191,6 +203,7 @@ class InProcessHost:
 
     def close(self) -> None:
         self._server.models.clear()
+        self._server.warmed.clear()
 
 
 class ChildHost:
@@ -198,8 +211,15 @@ class ChildHost:
 
     isolation = "child process"
 
-    def __init__(self, device: str, timeout: float | None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        timeout: float | None,
+        threads: int | None = None,
+        amp: str = "none",
+    ) -> None:
         self.device = device
+        self.amp = amp
         self.timeout = timeout if timeout else None
         self.threads = threads
         self.restarts = 0
@@ -245,7 +265,7 @@ class ChildHost:
             threads = torch.get_num_threads()
         process = context.Process(
             target=_child_main,
-            args=(theirs, self.device, threads, os.getpid()),
+            args=(theirs, self.device, threads, os.getpid(), self.amp),
             name="umdbench-model-host",
         )
         process.start()
@@ -329,7 +349,7 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _child_main(conn: Any, device: str, threads: int, parent: int) -> None:
+def _child_main(conn: Any, device: str, threads: int, parent: int, amp: str = "none") -> None:
     """The host's loop: one request in, one answer out, until the worker says stop."""
     with contextlib.suppress(OSError):
         os.setsid()  # its own process group: the worker can kill it and its children at once
@@ -338,7 +358,7 @@ def _child_main(conn: Any, device: str, threads: int, parent: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    server = _Server(device)
+    server = _Server(device, amp)
     conn.send(("ready", os.getpid()))
     while True:
         try:

@@ -2,7 +2,8 @@
 
 Per case present in both runs: the mean Dice and mean NSD over ``ok`` subjects (absolute change
 against ``dice_tol`` / ``nsd_tol``), the inference time (sum of ``inference_seconds`` over
-records whose prediction was not reused; relative change against ``time_tol``, ignored when the
+records whose prediction was not reused, leaving out a host's warm-up call (``timing.warmup``)
+unless the case has nothing else; relative change against ``time_tol``, ignored when the
 absolute change is under ``time_floor_s`` because sub-second timings are noise), and the outcome
 (passed -> failed or error is a regression). A drop, a slow-down or a lost pass is a regression;
 the opposite is an improvement. Cases in only one run are listed as ``added`` / ``removed``,
@@ -68,14 +69,18 @@ def _case_figures(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 if finite_number(r.get(key)):
                     bucket.setdefault(key, []).append(float(r[key]))
         if not r.get("prediction_reused") and finite_number(r.get("inference_seconds")):
-            bucket.setdefault("time", []).append(float(r["inference_seconds"]))
+            warmup = bool((r.get("timing") or {}).get("warmup"))
+            bucket.setdefault("warmup" if warmup else "time", []).append(
+                float(r["inference_seconds"])
+            )
     out = {}
     for case in document.get("cases", []):
         bucket = sums.get(case["case_id"], {})
         figures: dict[str, Any] = {"outcome": case.get("outcome")}
         for key in ("dice", *_NSD_KEYS):
             figures[key] = sum(bucket[key]) / len(bucket[key]) if key in bucket else None
-        figures["time"] = sum(bucket["time"]) if "time" in bucket else case.get("duration_s")
+        steady = bucket.get("time") or bucket.get("warmup")  # warm-up only when nothing else
+        figures["time"] = sum(steady) if steady else case.get("duration_s")
         out[case["case_id"]] = figures
     return out
 
