@@ -109,6 +109,10 @@ class SegmentationModel(ABC):
     synthetic_audit: ClassVar[bool] = True
     #: A promptable model runs every target of the cohort (True), or only ``organs`` (False).
     any_target: ClassVar[bool] = True
+    #: Expected time of one prediction relative to a network's sliding-window pass (1.0); it
+    #: only balances ``--umd-shard`` when no earlier run's timings are given
+    #: (``--umd-shard-costs``), e.g. a classical method a hundredth of that.
+    shard_cost: ClassVar[float] = 1.0
 
     @classmethod
     def runs(cls, target: str) -> bool:

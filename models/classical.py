@@ -29,6 +29,7 @@ class BoxOtsu(SegmentationModel):
     organs = CANONICAL_ORGANS
     modalities_claimed = MODALITIES
     tier = Tier.CLASSICAL
+    shard_cost = 0.01  # about 0.1 s a box against a network's seconds a scan (measured here)
 
     def load(self, device: str) -> None:
         """Nothing to load: no weights."""

@@ -87,7 +87,7 @@ def test_shards_split_before_availability_so_machines_agree(vendor: None) -> Non
     unavailable = {m for m, why in whole.models_not_run().items() if why != SYNTHETIC_LEFT_OUT}
     per_shard = [{m for m, why in p.models_not_run().items() if why != SYNTHETIC_LEFT_OUT}
                  for p in parts]
-    assert per_shard[0] | per_shard[1] == unavailable and not per_shard[0] & per_shard[1]
+    assert per_shard[0] | per_shard[1] == unavailable  # a model may span both subject shards
 
 
 def test_merged_shards_list_a_model_no_shard_ran() -> None:

@@ -201,13 +201,16 @@ def test_shards_split_models_and_merge_back(tmp_path: Path) -> None:
         "--umd-no-report",
     ]
     env = {"PYTHONPATH": str(tmp_path)}
-    shards = []
+    shards, units = [], []
     for k in (1, 2):
         folder = tmp_path / f"shard{k}"
         folder.mkdir()
         _, document = run_suite(folder, *common, "--umd-shard", f"{k}/2", env=env)
         shards.append(folder / "results.json")
-        assert len({c["model"] for c in document["cases"]}) == 1  # whole models per shard
+        units.append({(r["model"], r["subject"]) for r in document["records"]})
+    assert not units[0] & units[1]  # each (model, subject) on one shard
+    assert {m for m, _ in units[0] | units[1]} == {"classical-otsu", "vendor-nothing"}
+    assert len(units[0] | units[1]) == 4
     merged = tmp_path / "merged.json"
     subprocess.run(
         [sys.executable, "-m", "umdbench.cli", "merge", *map(str, shards), "-o", str(merged)],

@@ -1,6 +1,7 @@
 """The ``umdbench`` command: render, merge, compare and baseline results files.
 
-``umdbench report RESULTS.json [-o DIR]``, ``umdbench merge A.json B.json -o OUT.json``,
+``umdbench report RESULTS.json [-o DIR]``, ``umdbench merge A.json B.json -o OUT.json`` (exit 1
+when a shard of the plan is missing),
 ``umdbench compare OLD.json NEW.json [--dice-tol ...]`` (exit 1 on a regression),
 ``umdbench baseline RESULTS.json -o BASELINE.json`` and
 ``umdbench check-baseline BASELINE.json RESULTS.json`` (exit 1 on a new failure) and
@@ -108,8 +109,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    """Join shards; 1 when a planned shard is missing (the merged file is then incomplete)."""
+    from umdbench.merging import merge_shards
     from umdbench.results import read_results, write_results
-    from umdbench.shards import merge_shards
 
     merged = merge_shards([read_results(p) for p in args.inputs], [str(p) for p in args.inputs])
     write_results(args.out, run=merged["run"], models=merged["models"], cases=merged["cases"],
@@ -117,6 +119,19 @@ def _merge(args: argparse.Namespace) -> int:
                   missing_cases=merged["missing_cases"])
     print(f"merged {len(args.inputs)} files: {len(merged['cases'])} cases, "
           f"{len(merged['records'])} records -> {args.out}")
+    missing = merged["run"].get("missing_shards", [])
+    for gap in missing:
+        count = merged["run"]["shard"]["count"]
+        work = "; ".join(f"{u['model']} on {len(u['subjects'])} subject(s)"
+                         f" ({', '.join(u['subjects'][:3])}{', ...' if len(u['subjects']) > 3 else ''})"
+                         for u in gap["units"])
+        print(f"missing shard {gap['shard']}/{count}: {work}; rerun it with"
+              f" --umd-shard {gap['shard']}/{count} and the same options, then merge again",
+              file=sys.stderr)
+    if missing:
+        print(f"{args.out} is marked incomplete: {len(missing)} shard(s) missing",
+              file=sys.stderr)
+        return 1
     return 0
 
 

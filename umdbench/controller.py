@@ -130,7 +130,7 @@ class Controller:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Write the results, then what is derived from them (baseline, report)."""
-        if not self.cases and self.expected is None:
+        if not self.cases and self.expected is None and not self._empty_shard():
             return
         options = self.session.options
         missing = sorted((self.expected or set()) - set(self.cases))
@@ -158,6 +158,11 @@ class Controller:
             self._baseline_step(document, options.baseline)
         if not options.no_report:
             self._report_step(options.report or self.results_path.parent)
+
+    def _empty_shard(self) -> bool:
+        """A shard with nothing to run still writes its results: merge then sees the plan
+        and knows the shard is not missing."""
+        return self.session.options.shard is not None and not self.collect_only
 
     def _baseline_step(self, document: dict[str, Any], baseline: Path) -> None:
         from umdbench.baseline import write_baseline
@@ -194,6 +199,9 @@ class Controller:
             "gaps": sorted(self.gaps.values(), key=lambda g: g["gap_id"]),
             "models_not_run": self._models_not_run(),
         }
+        shard = self._shard_info()
+        if shard is not None:
+            info["shard"] = shard
         if cohort is not None:
             info["cohort"] = {
                 "name": cohort.name,
@@ -204,6 +212,22 @@ class Controller:
                 "comparisons": [f"{a}~{b}" for a, b in cohort.paired_comparisons],
             }
         return info
+
+    def _shard_info(self) -> dict[str, Any] | None:
+        try:
+            return self.session.shard_info()
+        except pytest.UsageError:
+            return None
+
+    def _shard_line(self) -> str | None:
+        """What this shard ran, and that its verdicts are over its subjects only."""
+        plan, shard = self.session.shard_plan(), self.session.options.shard
+        if plan is None or shard is None:
+            return None
+        source = self.session.options.shard_source
+        where = f" (from {source})" if source and source != "option" else ""
+        return (f"umdbench: {plan.describe(shard[0])}{where}; verdicts cover these subjects only:"
+                " join every shard's results with `umdbench merge`")
 
     def _models_not_run(self) -> list[dict[str, str]]:
         """The models left out of the matrix, and why; never fatal to writing the results."""
@@ -241,6 +265,9 @@ class Controller:
             terminalreporter.write_line(line)
         for line in not_run_lines(self._models_not_run()):
             terminalreporter.write_line(line)
+        shard = self._shard_line()
+        if shard:
+            terminalreporter.write_line(shard)
         if self.results_path is not None:
             terminalreporter.write_line(f"umdbench results: {self.results_path}")
         for note in self.notes:

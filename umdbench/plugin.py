@@ -175,9 +175,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add(
         "--umd-shard",
-        metavar="K/N",
+        metavar="K/N|auto",
         default=None,
-        help="run only shard K of N (whole models stay together); join with `umdbench merge`.",
+        help="run only shard K of N, split by (model, block of subjects) of about equal cost;"
+        " auto: K and N from the scheduler (SLURM array, Kubernetes Indexed Job, CI_NODE_INDEX)."
+        " Join the shards' results with `umdbench merge`.",
+    )
+    add(
+        "--umd-shard-costs",
+        metavar="RESULTS.json",
+        type=Path,
+        default=None,
+        help="balance --umd-shard by the inference seconds of an earlier run's results."
+        " Default: by the number of predictions each (model, subject) makes.",
     )
     add(
         "--umd-baseline",
@@ -219,6 +229,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help="longest one subject's inference (or a model's load) may take before its process"
         f" is killed and the subject is an error; 0: no limit. Default: {DEFAULT_TIMEOUT_S:g}.",
+    )
+    add(
+        "--umd-amp",
+        choices=["none", "bf16", "fp16"],
+        default="none",
+        help="mixed precision: run every inference under torch.autocast in bfloat16 or float16"
+        " (fp16 needs CUDA); recorded in run.options and each record's timing. Default: none.",
     )
     add(
         "--umd-resume",
@@ -273,15 +290,32 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
 
 
 def _limit_threads(threads: int | None, workerinput: dict[str, Any] | None) -> None:
-    """With N workers on C cores each worker gets C // N threads, so they do not thrash."""
-    if threads is None and workerinput is None:
+    """With N workers on C cores each worker gets C // N threads, so they do not thrash. C is
+    what this process may use (a SLURM task's CPUs, the CPU affinity), not the node's count."""
+    if threads is None and workerinput is None and not _slurm_cpus():
         return
     if threads is None:
         count = int(workerinput.get("workercount", 1)) if workerinput else 1
-        threads = max(1, (os.cpu_count() or 1) // count)
+        threads = max(1, _available_cores() // count)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _slurm_cpus() -> int | None:
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _available_cores() -> int:
+    """A SLURM task's ``--cpus-per-task``, else the cores of this process's CPU affinity."""
+    slurm = _slurm_cpus()
+    if slurm is not None:
+        return slurm
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def pytest_configure_node(node: Any) -> None:
@@ -330,6 +364,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = session_of(config)
     if session.usage_error is not None and not hasattr(config, "workerinput"):
         raise session.usage_error  # an xdist worker leaves it to the controller (controller.py)
+    _deselect_unasked_benchmarks(config, items)
     baseline = session.baseline()
     if baseline is None:
         return
@@ -339,6 +374,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         known = baseline.expectation(case.id) if case is not None else None
         if known is not None:
             item.add_marker(pytest.mark.xfail(reason=known.reason(), strict=False))
+
+
+def _deselect_unasked_benchmarks(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Speed and timing benchmarks (marker ``speed``) run only when asked for: a path at or
+    inside their folder (``pytest benchmarks/speed -n 0``) or a ``-m`` expression (``tox -e
+    bench``). A serial audit (``pytest benchmarks -n 0``) then stays the audit, instead of
+    also timing metrics on 512^3 volumes and every model's inference."""
+    if config.option.markexpr:
+        return
+    asked = [Path(str(arg).split("::")[0]).resolve() for arg in config.args]
+
+    def wanted(item: pytest.Item) -> bool:
+        folder = Path(str(item.path)).parent
+        return any(path == folder or folder in path.parents for path in asked)
+
+    unasked = [i for i in items if i.get_closest_marker("speed") and not wanted(i)]
+    if unasked:
+        config.hook.pytest_deselected(items=unasked)
+        dropped = {id(item) for item in unasked}
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 @pytest.fixture(scope="session")

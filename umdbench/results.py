@@ -7,7 +7,11 @@ Schema (``schema_version`` 1), one JSON object:
   versions, platform, device, GPU name), ``cohort`` (``name``, ``provenance``, ``subjects``,
   ``modalities``, ``organs``, ``comparisons``), ``policy`` (path and rules), ``gaps``,
   ``models_not_run`` (``{model, reason}`` of each model left out of the matrix: missing
-  weights, package or CUDA, or left out of the synthetic cohort);
+  weights, package or CUDA, or left out of the synthetic cohort); ``shard`` (a sharded run:
+  ``index``, ``count``, ``source`` (``option`` or the scheduler variable ``auto`` read),
+  ``load`` and the ``plan``: ``count``, ``cost_source`` and ``units`` of ``{shard, model,
+  subjects, cost}``); a merged file has ``shards`` (each source file's index and options) and
+  ``missing_shards`` (planned shards no file held, with their units);
 - ``complete``: false when the run was interrupted (or is still running: a run writes such a
   placeholder when it starts, so a killed run never leaves an older run's file looking
   current); ``missing_cases`` lists the collected cases with no result;
@@ -25,7 +29,14 @@ Schema (``schema_version`` 1), one JSON object:
   ``prediction_reused`` (true when another organ case's pass was reused: do not count its time
   twice), ``device``, ``prompt`` (or null), ``error`` (or null), ``inference`` (the model's
   ``inference_settings()``: e.g. overlap, AMP, postprocessing, where it states them),
-  ``weights_id`` and ``code_version`` (a hash of the model's source file), ``cached_from``
+  ``timing`` (the inference call as measured in the model's host, :mod:`umdbench.timing`:
+  ``wall_s`` (= ``inference_seconds``), ``warmup`` (the host's first call of the model: keep
+  it out of steady-state times), ``amp`` (``--umd-amp``), ``device``, ``device_name`` (the
+  card, or the CPU model); on CUDA ``cuda_event_s``, ``peak_gpu_bytes`` (max_memory_allocated,
+  reset per call), ``peak_gpu_reserved_bytes``, ``gpu_bytes_before``; ``peak_rss_bytes``,
+  ``rss_before_bytes`` and ``peak_rss_source`` (``VmHWM``: this call's peak; ``ru_maxrss``: the
+  process's peak so far). Like ``inference_seconds``, a reused prediction's are its first
+  pass's), ``weights_id`` and ``code_version`` (a hash of the model's source file), ``cached_from``
   (``{run_id, created}`` when taken from an earlier run's ``--umd-prediction-cache``) and
   ``resumed`` (true when taken from the journal by ``--umd-resume``).
   A promptable record's ``prompt`` holds the clicks in scan voxels, world mm and, for models
@@ -86,15 +97,19 @@ def environment_info(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "device": device,
     }
-    try:
-        import monai
-
-        info["monai"] = monai.__version__
-    except ImportError:  # pragma: no cover - monai is a dependency
-        info["monai"] = None
+    info["monai"] = _installed_version("monai")  # not imported: that costs seconds
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _installed_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # pragma: no cover - monai is a dependency
+        return None
 
 
 def write_results(
@@ -150,25 +165,32 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return document
 
 
-def merge_results(documents: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Join results of separate runs (shards); a case id in two of them is an error."""
+def merge_results(
+    documents: Iterable[Mapping[str, Any]], combine_cases: bool = False
+) -> dict[str, Any]:
+    """Join results of separate runs (shards); a case id in two of them is an error, unless
+    ``combine_cases`` (subject shards, each holding part of a case's subjects): then
+    ``cases`` holds, per case id, the list of every file's entry, for the caller to rescore."""
     documents = list(documents)
     if not documents:
         raise ValueError("merge_results needs at least one results document")
-    cases: dict[str, Any] = {}
+    cases: dict[str, list[Any]] = {}
     records: list[Any] = []
     models: dict[str, Any] = {}
     for document in documents:
         for case in document["cases"]:
-            if case["case_id"] in cases:
+            if case["case_id"] in cases and not combine_cases:
                 raise ValueError(f"case {case['case_id']} appears in two results files")
-            cases[case["case_id"]] = case
+            cases.setdefault(case["case_id"], []).append(case)
         records.extend(document["records"])
         models.update(document["models"])
     merged = dict(documents[0])
     merged["complete"] = all(d.get("complete", True) for d in documents)
     merged["missing_cases"] = sorted({m for d in documents for m in d.get("missing_cases", [])})
-    merged["cases"] = sorted(cases.values(), key=lambda c: c["case_id"])
+    merged["cases"] = [
+        entries if combine_cases else entries[0]
+        for _, entries in sorted(cases.items())
+    ]
     merged["records"] = sorted(records, key=lambda r: (r["case_id"], r["subject"]))
     merged["models"] = models
     merged["run"] = {**documents[0].get("run", {}),

@@ -46,7 +46,8 @@ from umdbench.registry import ModelRegistry
 from umdbench.targets import target_parts
 from umdbench.volume import Volume
 
-__all__ = ["CaseOutcome", "CaseRunner", "ModelSkipped"]
+__all__ = ["CaseOutcome", "CaseRunner", "ModelSkipped", "scans_of_case",
+           "score_records"]
 
 
 class ModelSkipped(Exception):
@@ -152,6 +153,40 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+
+def scans_of_case(cohort: Cohort, case: Case) -> list[Scan]:
+    """Every scan a case runs on: its arm's scans whose label map has the organ."""
+    return [s for s in cohort.scans_of(case.modality) if case.organ in s.label_map]
+
+
+def score_records(outcome: CaseOutcome) -> None:
+    """The case's figure from its records: the mean over subjects with a finite or infinite
+    value (NaN, undefined, is left out; inf, e.g. HD95 of an empty prediction, counts and
+    fails), and the counts of empty references and errors. ``math.fsum`` makes the mean
+    independent of the records' order, so a case merged from subject shards equals the
+    unsharded case exactly."""
+    metric = outcome.threshold.metric
+    values = [
+        float(r[metric])
+        for r in outcome.records
+        if r.get("status") == "ok"
+        and isinstance(r.get(metric), (int, float))
+        and not math.isnan(r[metric])
+    ]
+    outcome.n_valid = len(values)
+    outcome.n_empty_reference = sum(r.get("status") == "empty_reference" for r in outcome.records)
+    outcome.n_errors = sum(r.get("status") == "error" for r in outcome.records)
+    outcome.value = _mean(values)
+
+
+def _mean(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    if any(math.isinf(v) for v in values):
+        return float(np.mean(values))  # fsum of +inf and -inf raises; the mean is then nan
+    return math.fsum(values) / len(values)
+
+
 class _VolumeLRU:
     """The last few scans' image and labels, so the organ cases of one scan read them once."""
 
@@ -190,6 +225,8 @@ class CaseRunner:
         timeout: float | None = DEFAULT_TIMEOUT_S,
         journal: JournalWriter | None = None,
         resumed: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+        amp: str = "none",
+        subjects: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.cohort = cohort
         self.registry = registry
@@ -198,8 +235,10 @@ class CaseRunner:
         self.loader = loader or ScanLoader()
         self.isolation = isolation
         self.timeout = timeout
+        self.amp = amp  # --umd-amp: the hosts' autocast; part of every prediction key
         self.journal = journal
         self.resumed = resumed or {}
+        self.subjects = subjects
         self._volumes = _VolumeLRU()
         self._models: dict[str, ModelHandle | Exception] = {}
         self._hosts: dict[str, Host] = {}
@@ -232,9 +271,9 @@ class CaseRunner:
         where = "process" if self.isolation == "process" and ModelSpec.of(cls) else "none"
         if where not in self._hosts:
             self._hosts[where] = (
-                ChildHost(self.device, self.timeout)
+                ChildHost(self.device, self.timeout, amp=self.amp)
                 if where == "process"
-                else InProcessHost(self.device)
+                else InProcessHost(self.device, amp=self.amp)
             )
         return self._hosts[where]
 
@@ -273,6 +312,7 @@ class CaseRunner:
             model.weights_id,
             code,
             __version__,
+            f"amp={self.amp}",
             self.cohort.name,
             *self._case_files(case),
         )
@@ -286,7 +326,7 @@ class CaseRunner:
         outcome.messages = [
             f"error: {r['error']}" for r in outcome.records if r["status"] == "error"
         ]
-        self._aggregate(outcome)
+        score_records(outcome)
         if outcome.n_valid == 0 and outcome.n_errors == 0:
             outcome.skip_reason = (
                 f"no {case.modality} scan has a non-empty {case.organ} reference"
@@ -295,7 +335,13 @@ class CaseRunner:
         return outcome
 
     def _case_scans(self, case: Case) -> list[Scan]:
-        return [s for s in self.cohort.scans_of(case.modality) if case.organ in s.label_map]
+        """The scans of the case's arm labelled with its organ; on a subject shard, only its
+        subjects' (``subjects``: model -> subjects this shard runs it on)."""
+        scans = scans_of_case(self.cohort, case)
+        if self.subjects is None:
+            return scans
+        mine = self.subjects.get(case.model, frozenset())
+        return [scan for scan in scans if str(scan.subject) in mine]
 
     def _case_files(self, case: Case) -> list[str]:
         """Every image and labels file of the case, with its identity: a repaired scan or
@@ -339,21 +385,6 @@ class CaseRunner:
                 self.journal.append(record)
             records.append(record)
         return records
-
-    def _aggregate(self, outcome: CaseOutcome) -> None:
-        metric = outcome.threshold.metric
-        # NaN (undefined) is left out; inf (e.g. HD95 of an empty prediction) counts, and fails.
-        values = [
-            r[metric]
-            for r in outcome.records
-            if r["status"] == "ok"
-            and isinstance(r.get(metric), (int, float))
-            and not math.isnan(r[metric])
-        ]
-        outcome.n_valid = len(values)
-        outcome.n_empty_reference = sum(r["status"] == "empty_reference" for r in outcome.records)
-        outcome.n_errors = sum(r["status"] == "error" for r in outcome.records)
-        outcome.value = float(np.mean(values)) if values else float("nan")
 
     def _base_record(self, case: Case, scan: Scan, model: ModelHandle) -> dict[str, Any]:
         return {
@@ -422,7 +453,10 @@ class CaseRunner:
         self, model: ModelHandle, case: Case, scan: Scan, image: Volume, reference: np.ndarray
     ) -> tuple[CachedPrediction, bool]:
         image_key = [str(scan.image), file_identity(scan.image)]
-        common = [model.name, model.weights_id, model_code_version(model.cls), __version__]
+        common = [
+            model.name, model.weights_id, model_code_version(model.cls), __version__,
+            f"amp={self.amp}",  # autocast changes what is computed
+        ]  # fmt: skip
         request = InferenceRequest(image, case.modality, scan.key, str(scan.image))
         if model.prompt_kind is PromptKind.NONE:
             key = prediction_key(*common, scan.key, *image_key)
@@ -454,6 +488,8 @@ class CaseRunner:
             extra = dict(result.extra)
             if result.settings:
                 extra["inference"] = result.settings
+            if result.timing:
+                extra["timing"] = result.timing  # the record's ``timing`` (umdbench.timing)
             return CachedPrediction(result.labels, result.seconds, result.device, extra)
 
         return self.predictions.get_or_make(key, make)

@@ -54,12 +54,17 @@ class UmdOptions:
     prediction_dir: Path | None = None
     threads: int | None = None
     shard: tuple[int, int] | None = None
+    #: Where ``shard`` came from: "option", or the scheduler's variable for ``auto``.
+    shard_source: str = ""
+    shard_costs: Path | None = None
     baseline: Path | None = None
     baseline_update: bool = False
     report: Path | None = None
     no_report: bool = False
     isolation: str = "process"
     timeout: float | None = 3600.0
+    #: ``--umd-amp``: none, bf16 or fp16 (torch.autocast around every inference call).
+    amp: str = "none"
     resume: bool = False
     allow_outside_root: bool = False
     run_id: str = ""
@@ -71,6 +76,7 @@ class UmdOptions:
         prediction_dir = get("umd_prediction_cache")
         if prediction_dir is None and workerinput and workerinput.get("umd_prediction_dir"):
             prediction_dir = Path(workerinput["umd_prediction_dir"])
+        shard = _parse_shard(get("umd_shard"))
         options = cls(
             device=get("umd_device"),
             models=get("umd_models"),
@@ -89,13 +95,16 @@ class UmdOptions:
             cache=get("umd_cache") or default_cache_dir(),
             prediction_dir=prediction_dir,
             threads=get("umd_threads"),
-            shard=_parse_shard(get("umd_shard")),
+            shard=shard[:2] if shard else None,
+            shard_source=shard[2] if shard else "",
+            shard_costs=get("umd_shard_costs"),
             baseline=get("umd_baseline"),
             baseline_update=get("umd_baseline_update"),
             report=get("umd_report"),
             no_report=get("umd_no_report"),
             isolation=get("umd_isolation"),
             timeout=get("umd_timeout") or None,
+            amp=get("umd_amp"),
             resume=get("umd_resume"),
             allow_outside_root=get("umd_allow_outside_root"),
             run_id=(workerinput or {}).get("umd_run_id") or new_run_id(),
@@ -118,8 +127,18 @@ class UmdOptions:
                 raise pytest.UsageError(f"--umd-organs: {error}") from error
         if self.timeout is not None and not self.timeout > 0:
             raise pytest.UsageError(f"--umd-timeout must be seconds > 0 (0: none), got {self.timeout}")
+        if self.amp != "none":  # only then is the device resolved (torch imported) here
+            from umdbench.devices import resolve_device
+            from umdbench.timing import check_amp
+
+            try:
+                check_amp(self.amp, resolve_device(self.device))
+            except ValueError as error:
+                raise pytest.UsageError(f"--umd-amp {self.amp}: {error}") from error
         if self.policy is not None and not self.policy.is_file():
             raise pytest.UsageError(f"--umd-policy file not found: {self.policy}")
+        if self.shard_costs is not None and not self.shard_costs.is_file():
+            raise pytest.UsageError(f"--umd-shard-costs file not found: {self.shard_costs}")
         if self.baseline_update and self.baseline is None:
             raise pytest.UsageError("--umd-baseline-update needs --umd-baseline FILE to write to")
         if self.baseline is not None and not self.baseline_update and not self.baseline.is_file():
@@ -159,17 +178,20 @@ class UmdOptions:
 #: Options that change what a run computes (the others change where it writes, or how fast).
 FINGERPRINT_OPTIONS = (
     "device", "models", "skip_models", "extra_models", "modalities", "organs", "targets", "cohort",
-    "subjects", "seed", "dataset", "policy", "weights", "shard", "timeout", "allow_outside_root",
+    "subjects", "seed", "dataset", "policy", "weights", "shard", "shard_costs", "timeout",
+    "allow_outside_root",
+    "amp",
 )
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
+def _parse_shard(value: str | None) -> tuple[int, int, str] | None:
+    """``K/N`` or ``auto`` (read from the scheduler's environment) -> (K, N, source)."""
     if value is None:
         return None
-    from umdbench.shards import parse_shard
+    from umdbench.shards import resolve_shard
 
     try:
-        return parse_shard(value)
+        return resolve_shard(value, os.environ)
     except ValueError as error:
         raise pytest.UsageError(f"--umd-shard: {error}") from error
 
@@ -200,6 +222,7 @@ class UmdSession:
         self._baseline: Any = None
         self._checked = False
         self._models_selected: tuple[list[str], dict[str, str]] | None = None
+        self._plan: Any = None
         #: A usage error found while parametrizing, raised once collection ends (plugin).
         self.usage_error: pytest.UsageError | None = None
 
@@ -278,11 +301,11 @@ class UmdSession:
                 if not self.registry.get(name).synthetic_audit and name not in (named or [])
             }
             names = [name for name in names if name not in left_out]
-        if self.options.shard is not None:
-            from umdbench.shards import select_shard
-
-            keep = select_shard(names, *self.options.shard)  # before availability: stable
-            names = [name for name in names if name in keep]
+        if self.options.shard is not None:  # before availability: every machine agrees
+            self._plan = self._plan_shards(names)
+            if self._plan is not None:
+                on_shard = self._plan.subjects_of(self.options.shard[0])
+                names = [name for name in names if name in on_shard]
         if named is None:
             from umdbench.devices import resolve_device
             from umdbench.registry import unavailable_reason
@@ -294,6 +317,59 @@ class UmdSession:
                     left_out[name] = reason
             names = [name for name in names if name not in left_out]
         return names, dict(sorted(left_out.items()))
+
+    def shard_plan(self) -> Any:
+        """The :class:`~umdbench.shards.ShardPlan` of a sharded run (None otherwise)."""
+        self._selection()
+        return self._plan
+
+    def shard_subjects(self) -> dict[str, frozenset[str]] | None:
+        """Model -> the subjects this shard runs it on; None: every subject (no shard)."""
+        plan = self.shard_plan()
+        if plan is None or self.options.shard is None:
+            return None
+        return plan.subjects_of(self.options.shard[0])
+
+    def shard_info(self) -> dict[str, Any] | None:
+        """``run.shard`` of the results: this shard's index, where it came from, the plan."""
+        plan = self.shard_plan()
+        if plan is None or self.options.shard is None:
+            return None
+        k, n = self.options.shard
+        return {"index": k, "count": n, "source": self.options.shard_source,
+                "load": round(plan.load(k), 6), "plan": plan.as_dict()}
+
+    def _plan_shards(self, names: list[str]) -> Any:
+        """Cut (model, subject) units of the whole matrix (every shard's models, before any
+        probe) into the run's N shards; None when the dataset is not here."""
+        from umdbench.models.base import PromptKind
+        from umdbench.runner import scans_of_case
+        from umdbench.shards import expected_costs, plan_shards, prediction_counts
+
+        cohort = self.cohort()
+        if cohort is None or self.options.shard is None:
+            return None
+        models = [self.registry.get(name) for name in names]
+        cases = build_cases(models, self._arms(cohort))
+        automatic = {m.name: m.prompt_kind is PromptKind.NONE for m in models}
+        weights = {m.name: float(m.shard_cost) for m in models}
+        counts = prediction_counts(cases, lambda case: scans_of_case(cohort, case), automatic,
+                                   weights)
+        earlier, source = None, "prediction counts x each model's shard_cost"
+        if self.options.shard_costs is not None:
+            earlier, source = self._earlier_costs(self.options.shard_costs)
+        return plan_shards(expected_costs(counts, earlier), self.options.shard[1], source)
+
+    @staticmethod
+    def _earlier_costs(path: Path) -> tuple[dict[str, dict[str, float]], str]:
+        from umdbench.results import read_results
+        from umdbench.shards import costs_from_results
+
+        try:
+            document = read_results(path)
+        except (ValueError, FileNotFoundError) as error:
+            raise pytest.UsageError(f"--umd-shard-costs: {error}") from error
+        return costs_from_results(document), f"inference seconds of {path}"
 
     def baseline(self) -> Any:
         """The known-failure baseline to check against, or None (also while updating it)."""
@@ -325,7 +401,16 @@ class UmdSession:
         models = [self.registry.get(name) for name in self.model_names()]
         for model in models:
             _check_model_protocols(model)
+        if not models and self.shard_plan() is not None:
+            return [self._empty_shard_param()]
         return build_cases(models, self._arms(cohort))
+
+    def _empty_shard_param(self) -> Any:
+        """A shard with nothing to run (more shards than (model, subject) units) says so."""
+        k, n = self.options.shard or (0, 0)
+        reason = (f"shard {k}/{n} has no work: the audit has fewer (model, subject) units than"
+                  " shards; its results file still records the plan for `umdbench merge`")
+        return pytest.param(None, marks=pytest.mark.skip(reason=reason), id="empty-shard")
 
     def _arms(self, cohort: Cohort) -> dict[str, list[str]]:
         """Selected modality -> the selected organs labelled in it."""
@@ -441,8 +526,10 @@ class UmdSession:
                 loader=_scan_loader(options.cache),
                 isolation=options.isolation,
                 timeout=options.timeout,
+                amp=options.amp,
                 journal=JournalWriter(folder, os.environ.get("PYTEST_XDIST_WORKER", "main")),
                 resumed=resumed,
+                subjects=self.shard_subjects(),
             )
         return self._runner
 
