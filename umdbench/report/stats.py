@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from umdbench.organs import PAIRED_COMPARISONS
 
@@ -145,6 +144,10 @@ def _bootstrap_ci(diffs: np.ndarray, seed: int, n_boot: int) -> tuple[float, flo
 
 
 def _wilcoxon(diffs: np.ndarray) -> float:
+    # imported here: scipy.stats costs ~0.3 s to import, and a run without paired comparisons
+    # (one arm) never needs it
+    from scipy import stats as sps
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
