@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +22,14 @@ from umdbench.metrics import (
 )
 from umdbench.metrics._summary import robust_hausdorffs
 
-sd_metrics = pytest.importorskip("surface_distance.metrics")
+pytest.importorskip("surface_distance.metrics")
+from _references import deepmind
+
 sd_tables = pytest.importorskip("surface_distance.lookup_tables")
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 SURFACE_KEYS = ("nsd_1mm", "nsd_2mm", "hd95", "hd", "assd")
 spacings = st.tuples(*[st.floats(0.3, 3.0, allow_nan=False)] * 3)
-
-
-def deepmind(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
-    """The reference figures, straight from DeepMind's package."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sd = sd_metrics.compute_surface_distances(ref.astype(bool), pred.astype(bool), spacing)
-    area_r, area_p = sd["surfel_areas_gt"].sum(), sd["surfel_areas_pred"].sum()
-    mean_r, mean_p = sd_metrics.compute_average_surface_distance(sd)
-    return {
-        "nsd_1mm": sd_metrics.compute_surface_dice_at_tolerance(sd, 1.0),
-        "nsd_2mm": sd_metrics.compute_surface_dice_at_tolerance(sd, 2.0),
-        "hd95": sd_metrics.compute_robust_hausdorff(sd, 95),
-        "hd": sd_metrics.compute_robust_hausdorff(sd, 100),
-        "assd": (mean_r * area_r + mean_p * area_p) / (area_r + area_p),
-    }
 
 
 def assert_matches_deepmind(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> None:

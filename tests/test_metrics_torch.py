@@ -9,7 +9,6 @@ tests/test_metrics.py checks the numba backend against it.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,8 @@ from umdbench.metrics import _distances, _surfels, multilabel_metrics, organ_met
 
 torch = pytest.importorskip("torch")
 _torch = pytest.importorskip("umdbench.metrics._torch")
-sd_metrics = pytest.importorskip("surface_distance.metrics")
+pytest.importorskip("surface_distance.metrics")
+from _references import deepmind  # noqa: E402  (after the importorskip above)
 
 pytestmark = pytest.mark.skipif(
     not _surfels.COMPILED, reason="numba is not installed: the torch backend mirrors its kernels"
@@ -107,21 +107,6 @@ def assert_same(
     ours = organ_metrics(pred, ref, spacing, device=device)
     assert_same_figures(ours, organ_metrics(pred, ref, spacing, device="cpu"))
     return ours
-
-
-def deepmind(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sd = sd_metrics.compute_surface_distances(ref.astype(bool), pred.astype(bool), spacing)
-    area_r, area_p = sd["surfel_areas_gt"].sum(), sd["surfel_areas_pred"].sum()
-    mean_r, mean_p = sd_metrics.compute_average_surface_distance(sd)
-    return {
-        "nsd_1mm": sd_metrics.compute_surface_dice_at_tolerance(sd, 1.0),
-        "nsd_2mm": sd_metrics.compute_surface_dice_at_tolerance(sd, 2.0),
-        "hd95": sd_metrics.compute_robust_hausdorff(sd, 95),
-        "hd": sd_metrics.compute_robust_hausdorff(sd, 100),
-        "assd": (mean_r * area_r + mean_p * area_p) / (area_r + area_p),
-    }
 
 
 def assert_matches_deepmind(ours: dict[str, Any], theirs: dict[str, float]) -> None:

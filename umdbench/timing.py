@@ -85,16 +85,15 @@ def measure(
     start = time.perf_counter()
     with amp_context(amp, device):
         result = work()
-    wall = time.perf_counter() - start
-    figures: dict[str, Any] = {
-        "wall_s": wall,
-        "warmup": bool(warmup),
-        "amp": amp,
-        "device": device,
-        "device_name": cpu_name(),
-    }
+    figures = _common(time.perf_counter() - start, warmup, amp, device, cpu_name())
     figures.update(rss.figures())
     return result, figures
+
+
+def _common(wall: float, warmup: bool, amp: str, device: str, name: str) -> dict[str, Any]:
+    """The figures every inference gets, on any device."""
+    return {"wall_s": wall, "warmup": bool(warmup), "amp": amp, "device": device,
+            "device_name": name}
 
 
 def _measure_cuda(
@@ -116,18 +115,13 @@ def _measure_cuda(
         result = work()
     end.record(stream)
     cuda.synchronize(target)
-    wall = time.perf_counter() - start
-    figures: dict[str, Any] = {
-        "wall_s": wall,
-        "warmup": bool(warmup),
-        "amp": amp,
-        "device": device,
-        "device_name": device_name(device),
+    figures = _common(time.perf_counter() - start, warmup, amp, device, device_name(device))
+    figures.update({
         "cuda_event_s": float(begin.elapsed_time(end)) / 1000.0,
         "peak_gpu_bytes": int(cuda.max_memory_allocated(target)),
         "peak_gpu_reserved_bytes": int(cuda.max_memory_reserved(target)),
         "gpu_bytes_before": before,
-    }
+    })
     figures.update(rss.figures())
     return result, figures
 
