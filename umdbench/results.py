@@ -35,7 +35,8 @@ Schema (``schema_version`` 1), one JSON object:
   card, or the CPU model); on CUDA ``cuda_event_s``, ``peak_gpu_bytes`` (max_memory_allocated,
   reset per call), ``peak_gpu_reserved_bytes``, ``gpu_bytes_before``; ``peak_rss_bytes``,
   ``rss_before_bytes`` and ``peak_rss_source`` (``VmHWM``: this call's peak; ``ru_maxrss``: the
-  process's peak so far). Like ``inference_seconds``, a reused prediction's are its first
+  process's peak so far), either way at least the largest VmRSS sampled every
+  ``rss_sampled_every_s`` during the call. Like ``inference_seconds``, a reused prediction's are its first
   pass's), ``weights_id`` and ``code_version`` (a hash of the model's source file), ``cached_from``
   (``{run_id, created}`` when taken from an earlier run's ``--umd-prediction-cache``) and
   ``resumed`` (true when taken from the journal by ``--umd-resume``).
