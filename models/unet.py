@@ -15,21 +15,20 @@ and take the argmax there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from monai.transforms import Orientation, Spacing, SpatialResample
 
 from umdbench.models.base import ModelUnavailable, SegmentationModel, Tier, file_sha256
 from umdbench.organs import CANONICAL_ORGANS, MODALITIES
 from umdbench.prompts import Prompt
 from umdbench.registry import register_model
 from umdbench.volume import Volume
-
-if TYPE_CHECKING:  # monai is imported where it is used: collection (the registry) reads only
-    # the classes, and ``import monai`` costs each xdist worker about 4-6 s it never needs.
-    from monai.data import MetaTensor
-    from monai.networks.nets import UNet
 
 __all__ = ["CTUNet", "CohortUNet", "MultimodalUNet", "build_network", "normalise", "to_model_grid"]
 
@@ -41,8 +40,6 @@ LABEL_IDS = {organ: index + 1 for index, organ in enumerate(CANONICAL_ORGANS)}
 
 def build_network() -> UNet:
     """The architecture both models share (about 0.6 M parameters, 2.4 MB as float32)."""
-    from monai.networks.nets import UNet
-
     return UNet(
         spatial_dims=3,
         in_channels=1,
@@ -55,9 +52,6 @@ def build_network() -> UNet:
 
 def to_model_grid(image: Volume, mode: str = "bilinear") -> MetaTensor:
     """The scan as a (1, X, Y, Z) MetaTensor in RAS at the model spacing, keeping its affine."""
-    from monai.data import MetaTensor
-    from monai.transforms import Orientation, Spacing
-
     tensor: torch.Tensor = MetaTensor(
         torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None],
         affine=torch.from_numpy(image.affine),
@@ -116,10 +110,6 @@ class CohortUNet(SegmentationModel):
     def predict(self, image: Volume, modality: str, prompt: Prompt | None) -> np.ndarray:
         if self.network is None:
             raise RuntimeError(f"{self.name}: call load() before predict()")
-        from monai.data import MetaTensor
-        from monai.inferers import sliding_window_inference
-        from monai.transforms import SpatialResample
-
         grid = to_model_grid(image)
         inputs = normalise(grid.as_tensor(), self.normalisation)[None].to(self.device)
         logits = sliding_window_inference(
