@@ -42,7 +42,8 @@ def merge_shards(
     except ValueError as error:
         raise ValueError(f"cannot merge {', '.join(names)}: {error}") from error
     if plan is not None:
-        merged["cases"] = [_rescored(entries, merged["records"]) for entries in merged["cases"]]
+        by_case = records_by_case(merged["records"])
+        merged["cases"] = [_rescored(entries, by_case) for entries in merged["cases"]]
     run = dict(merged.get("run", {}))
     if any("gaps" in d.get("run", {}) for d in documents):
         run["gaps"] = _merged_gaps(documents, names, merged["records"], plan is not None,
@@ -177,15 +178,24 @@ def _mark_partial(merged: dict[str, Any], missing: Sequence[Mapping[str, Any]], 
 # -- cases: one verdict from every shard's records -----------------------------------------
 
 
-def _rescored(entries: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]
-              ) -> dict[str, Any]:
+def records_by_case(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Case id -> its records, built once: a study-size merge has thousands of cases and tens
+    of thousands of records, so filtering the whole list per case would be quadratic."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(str(record["case_id"]), []).append(record)
+    return grouped
+
+
+def _rescored(entries: Sequence[Mapping[str, Any]],
+              by_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """One case entry from each shard's entry of it, scored on all their records."""
     first = dict(entries[0])
     duration = round(math.fsum(float(e.get("duration_s") or 0) for e in entries), 4)
     hard = next((e for e in entries if e.get("error") or "metric" not in e), None)
     if hard is not None:  # a case-level error (the model failed to load) or a crashed case
         return {**first, **hard, "outcome": "error", "duration_s": duration}
-    own = [r for r in records if r["case_id"] == first["case_id"]]
+    own = list(by_case.get(str(first["case_id"]), []))
     if not own:  # skipped everywhere, for the same reason (the model, the organ, no subject)
         return {**first, "duration_s": duration}
     lost = next((e for e in entries if e.get("outcome") == "skipped"
@@ -246,10 +256,12 @@ def _merged_gaps(documents: Sequence[Mapping[str, Any]], names: Sequence[str],
             gaps.setdefault(key, []).append(gap)
     if not recompute:
         return [gaps[k][0] for k in sorted(gaps)]
-    return [_regapped(gaps[k], records, seed) for k in sorted(gaps)]
+    by_case = records_by_case(records)
+    return [_regapped(gaps[k], by_case, seed) for k in sorted(gaps)]
 
 
-def _regapped(entries: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
+def _regapped(entries: Sequence[Mapping[str, Any]],
+              by_case: Mapping[str, Sequence[Mapping[str, Any]]],
               seed: int) -> dict[str, Any]:
     from umdbench.cases import GapCase
     from umdbench.report.stats import paired_comparison, subject_values
@@ -262,7 +274,7 @@ def _regapped(entries: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
     sides = []
     for arm in (arm_a, arm_b):
         case_id = gap.case(arm).id
-        table = subject_values([r for r in records if r["case_id"] == case_id], first["metric"])
+        table = subject_values(by_case.get(case_id, []), first["metric"])
         sides.append(next(iter(table.values()), {}))
     stats = paired_comparison(sides[0], sides[1], seed=seed)
     limit = math.inf if first.get("max_gap") is None else float(first["max_gap"])
